@@ -19,7 +19,9 @@ def extend_peft_type(name: str) -> PeftType:
     created by peft-video (an upstream collision), so that we never silently hijack a peft method.
     """
     if not name.startswith(PEFT_TYPE_PREFIX) or name != name.upper():
-        raise ValueError(f"peft-video peft_type names must be upper case and start with {PEFT_TYPE_PREFIX!r}, got {name!r}")
+        raise ValueError(
+            f"peft-video peft_type names must be upper case and start with {PEFT_TYPE_PREFIX!r}, got {name!r}"
+        )
     existing = PeftType.__members__.get(name)
     if existing is not None:
         if getattr(existing, "_peft_video_owned", False):
@@ -51,7 +53,12 @@ def register_method(*, name: str, config_cls: type, model_cls: type) -> PeftType
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
 
     peft_type = peft_type_of(name)
-    if PEFT_TYPE_TO_CONFIG_MAPPING.get(peft_type) is config_cls and PEFT_TYPE_TO_TUNER_MAPPING.get(peft_type) is model_cls:
+    if (
+        PEFT_TYPE_TO_CONFIG_MAPPING.get(peft_type) is config_cls
+        and PEFT_TYPE_TO_TUNER_MAPPING.get(peft_type) is model_cls
+    ):
         return peft_type
-    register_peft_method(name=peft_type.value.lower(), config_cls=config_cls, model_cls=model_cls, prefix=model_cls.prefix)
+    register_peft_method(
+        name=peft_type.value.lower(), config_cls=config_cls, model_cls=model_cls, prefix=model_cls.prefix
+    )
     return peft_type

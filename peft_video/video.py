@@ -13,7 +13,9 @@ from collections.abc import Iterator
 
 import torch
 
-_NUM_FRAMES_OVERRIDE: contextvars.ContextVar[int | None] = contextvars.ContextVar("peft_video_num_frames", default=None)
+_NUM_FRAMES_OVERRIDE: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "peft_video_num_frames", default=None
+)
 
 
 def validate_num_frames(num_frames: object, *, argument: str = "num_frames") -> int:
@@ -74,14 +76,18 @@ def frames_to_time_major_tokens(x: torch.Tensor, num_frames: int) -> torch.Tenso
     """(B*T, N, D) -> (B*N, T, D): one sequence over time per video and token position (for recurrences)."""
     videos = check_frame_batch(x.shape[0], num_frames)
     tokens, dim = x.shape[1], x.shape[2]
-    return x.reshape(videos, num_frames, tokens, dim).transpose(1, 2).reshape(videos * tokens, num_frames, dim)
+    return (
+        x.reshape(videos, num_frames, tokens, dim).transpose(1, 2).reshape(videos * tokens, num_frames, dim)
+    )
 
 
 def time_major_tokens_to_frames(x: torch.Tensor, num_frames: int, tokens: int) -> torch.Tensor:
     """(B*N, T, D) -> (B*T, N, D): the inverse of :func:`frames_to_time_major_tokens`."""
     videos = x.shape[0] // tokens
     dim = x.shape[-1]
-    return x.reshape(videos, tokens, num_frames, dim).transpose(1, 2).reshape(videos * num_frames, tokens, dim)
+    return (
+        x.reshape(videos, tokens, num_frames, dim).transpose(1, 2).reshape(videos * num_frames, tokens, dim)
+    )
 
 
 def video_to_frame_batch(pixel_values: torch.Tensor) -> torch.Tensor:

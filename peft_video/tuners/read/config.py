@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Union
+from typing import Literal
 
 from peft.config import PeftConfig
 
@@ -24,7 +24,7 @@ class ReadConfig(PeftConfig):
     frames, separately for every token position.
     """
 
-    target_modules: Optional[Union[list[str], str]] = field(
+    target_modules: list[str] | str | None = field(
         default=None,
         metadata={
             "help": "Names (suffix match) or a regex (full match) of the feed-forward modules whose output READ adapts. "
@@ -32,26 +32,29 @@ class ReadConfig(PeftConfig):
             "and `recurrence_axis`."
         },
     )
-    exclude_modules: Optional[Union[list[str], str]] = field(
+    exclude_modules: list[str] | str | None = field(
         default=None, metadata={"help": "Names or a regex of modules to leave alone even if they match."}
     )
     r: int = field(default=8, metadata={"help": "Bottleneck size k of READ (paper: k << d, e.g. 4-8)."})
     rnn_type: Literal["rnn", "gru", "lstm"] = field(
-        default="rnn", metadata={"help": "Recurrent cell in the bottleneck: 'rnn' (paper default), 'gru' or 'lstm'."}
+        default="rnn",
+        metadata={"help": "Recurrent cell in the bottleneck: 'rnn' (paper default), 'gru' or 'lstm'."},
     )
     read_dropout: float = field(default=0.0, metadata={"help": "Dropout on the FFN output before W_down."})
     recurrence_axis: Literal["tokens", "frames"] = field(
         default="tokens",
-        metadata={"help": "'tokens': recur over the sequence of (B, L, D); 'frames': recur over T of (B*T, N, D)."},
+        metadata={
+            "help": "'tokens': recur over the sequence of (B, L, D); 'frames': recur over T of (B*T, N, D)."
+        },
     )
-    num_frames: Optional[int] = field(
+    num_frames: int | None = field(
         default=None,
         metadata={
             "help": "Frames per video T for recurrence_axis='frames' (can be overridden at run time with "
             "`peft_video.use_num_frames(T)`)."
         },
     )
-    init_weights: Union[bool, Literal["paper"]] = field(
+    init_weights: bool | Literal["paper"] = field(
         default=True,
         metadata={
             "help": "True: W_down Kaiming-normal, RNN PyTorch default, W_up and biases zero, so the output is unchanged "
@@ -59,7 +62,7 @@ class ReadConfig(PeftConfig):
             "zero too), under which only W_up's bias ever gets gradient. False: random W_up (tests only)."
         },
     )
-    modules_to_save: Optional[list[str]] = field(
+    modules_to_save: list[str] | None = field(
         default=None,
         metadata={"help": "Extra modules (e.g. a task head) to train and save beside the adapter."},
     )
@@ -77,7 +80,9 @@ class ReadConfig(PeftConfig):
         if self.rnn_type not in RNN_TYPES:
             raise ValueError(f"`rnn_type` must be one of {RNN_TYPES}, got {self.rnn_type!r}")
         if self.recurrence_axis not in RECURRENCE_AXES:
-            raise ValueError(f"`recurrence_axis` must be one of {RECURRENCE_AXES}, got {self.recurrence_axis!r}")
+            raise ValueError(
+                f"`recurrence_axis` must be one of {RECURRENCE_AXES}, got {self.recurrence_axis!r}"
+            )
         if self.num_frames is not None:
             validate_num_frames(self.num_frames)
         if not 0.0 <= self.read_dropout < 1.0:

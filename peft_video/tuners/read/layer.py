@@ -7,9 +7,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
 
 from ...video import frames_to_time_major_tokens, resolve_num_frames, time_major_tokens_to_frames
 from .config import ReadConfig
@@ -56,18 +55,26 @@ class ReadLayer(nn.Module, BaseTunerLayer):
         self.pvread_down[adapter_name] = nn.Linear(self.features, r)
         self.pvread_rnn[adapter_name] = _RNN_CLASSES[config.rnn_type](r, r, batch_first=True)
         self.pvread_up[adapter_name] = nn.Linear(r, self.features)
-        self.pvread_dropout[adapter_name] = nn.Dropout(config.read_dropout) if config.read_dropout else nn.Identity()
+        self.pvread_dropout[adapter_name] = (
+            nn.Dropout(config.read_dropout) if config.read_dropout else nn.Identity()
+        )
         self.pvread_axis[adapter_name] = config.recurrence_axis
         self.pvread_num_frames[adapter_name] = config.num_frames
         self.reset_read_parameters(adapter_name, config.init_weights)
         reference = next(self.base_layer.parameters(), None)
-        self._move_adapter_to_device_of_base_layer(adapter_name, None if reference is None else reference.device)
+        self._move_adapter_to_device_of_base_layer(
+            adapter_name, None if reference is None else reference.device
+        )
         self.set_adapter(self.active_adapters)
 
     @torch.no_grad()
     def reset_read_parameters(self, adapter_name: str, init_weights: bool | str) -> None:
         """Initialise READ so that the wrapped module's output is unchanged (see ``ReadConfig.init_weights``)."""
-        down, rnn, up = self.pvread_down[adapter_name], self.pvread_rnn[adapter_name], self.pvread_up[adapter_name]
+        down, rnn, up = (
+            self.pvread_down[adapter_name],
+            self.pvread_rnn[adapter_name],
+            self.pvread_up[adapter_name],
+        )
         nn.init.kaiming_normal_(down.weight)
         nn.init.zeros_(down.bias)
         if init_weights == "paper":

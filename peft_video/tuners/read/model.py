@@ -17,10 +17,16 @@ READ_TARGET_MODULES: dict[str, dict[str, list[str] | str]] = {
     "mbart": {"tokens": ["fc2"]},
     "t5": {"tokens": ["DenseReluDense"]},
     "mt5": {"tokens": ["DenseReluDense"]},
-    "clip": {"tokens": r"text_model\.encoder\.layers\.\d+\.mlp", "frames": r"vision_model\.encoder\.layers\.\d+\.mlp"},
+    "clip": {
+        "tokens": r"text_model\.encoder\.layers\.\d+\.mlp",
+        "frames": r"vision_model\.encoder\.layers\.\d+\.mlp",
+    },
     "clip_text_model": {"tokens": ["mlp"]},
     "clip_vision_model": {"tokens": ["mlp"], "frames": ["mlp"]},
-    "blip": {"frames": r"vision_model\.encoder\.layers\.\d+\.mlp", "tokens": r"vision_model\.encoder\.layers\.\d+\.mlp"},
+    "blip": {
+        "frames": r"vision_model\.encoder\.layers\.\d+\.mlp",
+        "tokens": r"vision_model\.encoder\.layers\.\d+\.mlp",
+    },
     "blip_vision_model": {"tokens": ["mlp"], "frames": ["mlp"]},
     "vit": {"tokens": r".*layer\.\d+\.output\.dense", "frames": r".*layer\.\d+\.output\.dense"},
     OPEN_CLIP: {
