@@ -1,0 +1,14 @@
+"""peft-video: parameter-efficient video-language tuners as Hugging Face PEFT methods.
+
+``import peft_video`` registers READ (and the other methods) with peft, so that ``get_peft_model``,
+``PeftModel.from_pretrained`` and friends accept their configs and saved adapters.
+"""
+
+from ._registry import register_method
+from ._version import __version__
+from .tuners.read import ReadConfig, ReadModel
+from .video import use_num_frames
+
+register_method(name="read", config_cls=ReadConfig, model_cls=ReadModel)
+
+__all__ = ["ReadConfig", "ReadModel", "__version__", "use_num_frames"]

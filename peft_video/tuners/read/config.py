@@ -1,0 +1,95 @@
+"""Configuration of READ, the recurrent adapter of READ-PVLA (Nguyen et al., AAAI 2024, section 3.2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from peft.config import PeftConfig
+
+from ..._version import __version__
+from ...video import validate_num_frames
+
+RNN_TYPES = ("rnn", "gru", "lstm")
+RECURRENCE_AXES = ("tokens", "frames")
+
+
+@dataclass
+class ReadConfig(PeftConfig):
+    """Configuration of a READ adapter: O~ = O + GELU(RNN(O W_down)) W_up on the output O of each target FFN.
+
+    ``recurrence_axis="tokens"`` runs the recurrence over the sequence of a (B, L, D) input (text tokens, or the
+    N_V frame features of a grounding / summarisation encoder). ``recurrence_axis="frames"`` is for frame-wise image
+    encoders fed B*T frames: the (B*T, N, D) output is viewed as (B, T, N, D) and the recurrence runs over the T
+    frames, separately for every token position.
+    """
+
+    target_modules: list[str] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Names (suffix match) or a regex (full match) of the feed-forward modules whose output READ adapts. "
+            "If None, chosen from the architecture (BART, mBART, T5, CLIP text/vision, BLIP vision, ViT, open_clip) "
+            "and `recurrence_axis`."
+        },
+    )
+    exclude_modules: list[str] | str | None = field(
+        default=None, metadata={"help": "Names or a regex of modules to leave alone even if they match."}
+    )
+    r: int = field(default=8, metadata={"help": "Bottleneck size k of READ (paper: k << d, e.g. 4-8)."})
+    rnn_type: Literal["rnn", "gru", "lstm"] = field(
+        default="rnn",
+        metadata={"help": "Recurrent cell in the bottleneck: 'rnn' (paper default), 'gru' or 'lstm'."},
+    )
+    read_dropout: float = field(default=0.0, metadata={"help": "Dropout on the FFN output before W_down."})
+    recurrence_axis: Literal["tokens", "frames"] = field(
+        default="tokens",
+        metadata={
+            "help": "'tokens': recur over the sequence of (B, L, D); 'frames': recur over T of (B*T, N, D)."
+        },
+    )
+    num_frames: int | None = field(
+        default=None,
+        metadata={
+            "help": "Frames per video T for recurrence_axis='frames' (can be overridden at run time with "
+            "`peft_video.use_num_frames(T)`)."
+        },
+    )
+    init_weights: bool | Literal["paper"] = field(
+        default=True,
+        metadata={
+            "help": "True: W_down Kaiming-normal, RNN PyTorch default, W_up and biases zero, so the output is unchanged "
+            "at init and every READ weight gets gradient from the second step. 'paper': the paper's literal init (RNN "
+            "zero too), under which only W_up's bias ever gets gradient. False: random W_up (tests only)."
+        },
+    )
+    modules_to_save: list[str] | None = field(
+        default=None,
+        metadata={"help": "Extra modules (e.g. a task head) to train and save beside the adapter."},
+    )
+    peft_video_version: str = field(
+        default=__version__, metadata={"help": "peft-video version that wrote this config (informational)."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from ..._registry import peft_type_of
+
+        self.peft_type = peft_type_of("read")
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
+            raise ValueError(f"`r` (READ bottleneck size k) must be a positive integer, got {self.r!r}")
+        if self.rnn_type not in RNN_TYPES:
+            raise ValueError(f"`rnn_type` must be one of {RNN_TYPES}, got {self.rnn_type!r}")
+        if self.recurrence_axis not in RECURRENCE_AXES:
+            raise ValueError(
+                f"`recurrence_axis` must be one of {RECURRENCE_AXES}, got {self.recurrence_axis!r}"
+            )
+        if self.num_frames is not None:
+            validate_num_frames(self.num_frames)
+        if not 0.0 <= self.read_dropout < 1.0:
+            raise ValueError(f"`read_dropout` must be in [0, 1), got {self.read_dropout!r}")
+        if self.init_weights not in (True, False, "paper"):
+            raise ValueError(f"`init_weights` must be True, False or 'paper', got {self.init_weights!r}")
+        if isinstance(self.target_modules, list):
+            self.target_modules = set(self.target_modules)
+        if isinstance(self.exclude_modules, list):
+            self.exclude_modules = set(self.exclude_modules)
