@@ -94,7 +94,8 @@ def _unwrapped(module: nn.Module) -> nn.Module:
 def block_anatomy(block: nn.Module) -> BlockAnatomy:
     """The layout of ``block`` among :data:`BLOCK_ANATOMIES`, or a clear error."""
     for anatomy in BLOCK_ANATOMIES:
-        if hasattr(block, anatomy.attention) and hasattr(block, anatomy.ffn_parts[-1]):
+        required = (anatomy.attention, anatomy.attention_parts[0], *anatomy.ffn_parts[:2])
+        if all(isinstance(getattr(block, name, None), nn.Module) for name in required):
             attention = _unwrapped(getattr(block, anatomy.attention))
             if not isinstance(attention, TokenMixingAttention):
                 attention_kind(attention)
