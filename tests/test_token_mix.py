@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -27,64 +22,14 @@ from peft_video.tuners.token_mix import (
 )
 from peft_video.tuners.token_mix.mixing import mixed_key_index
 
-REPO = Path(__file__).resolve().parents[1]
+from .helpers import run_fresh
+from .tiny_models import frames as tiny_frames
+from .tiny_models import tiny_blip_vision, tiny_clip, tiny_clip_vision, tiny_open_clip, tiny_vit
+
 T = 3  # frames per video in the model tests (never the paper's 8: nothing may assume it)
 
 
 # --------------------------------------------------------------------------- tiny models
-
-
-def tiny_clip_vision() -> nn.Module:
-    from transformers import CLIPVisionConfig, CLIPVisionModel
-
-    return CLIPVisionModel(_tiny_vision(CLIPVisionConfig))
-
-
-def tiny_clip() -> nn.Module:
-    from transformers import CLIPConfig, CLIPModel
-
-    text = dict(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, vocab_size=100
-    )
-    text.update(max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1)
-    return CLIPModel(CLIPConfig(vision_config=_tiny_vision(dict).copy(), text_config=text, projection_dim=16))
-
-
-def tiny_blip_vision() -> nn.Module:
-    from transformers import BlipVisionConfig, BlipVisionModel
-
-    config = _tiny_vision(BlipVisionConfig)
-    config.initializer_range = 0.02  # BLIP's default 1e-10 makes every output ~0
-    return BlipVisionModel(config)
-
-
-def tiny_vit() -> nn.Module:
-    from transformers import ViTConfig, ViTModel
-
-    return ViTModel(_tiny_vision(ViTConfig), add_pooling_layer=False)
-
-
-def tiny_open_clip() -> nn.Module:
-    import open_clip
-
-    return open_clip.CLIP(
-        embed_dim=16,
-        vision_cfg={"width": 32, "layers": 2, "head_width": 16, "image_size": 32, "patch_size": 8},
-        text_cfg={"context_length": 16, "vocab_size": 100, "width": 32, "heads": 2, "layers": 2},
-    )
-
-
-def _tiny_vision(cls):
-    kwargs = dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=32,
-        patch_size=8,
-    )
-    return cls(**kwargs)
-
 
 FACTORIES = {
     "clip": tiny_clip,
@@ -111,8 +56,8 @@ def encode(model: nn.Module, frames: torch.Tensor) -> torch.Tensor:
     return model(pixel_values=frames).last_hidden_state
 
 
-def video(videos: int = 2, frames: int = T, seed: int = 1) -> torch.Tensor:
-    return torch.randn(videos * frames, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+def video(videos: int = 2, num_frames: int = T, seed: int = 1) -> torch.Tensor:
+    return tiny_frames(seed, videos=videos, num_frames=num_frames)
 
 
 def perturb_adapter(model: nn.Module, scale: float = 0.05) -> None:
@@ -326,20 +271,18 @@ def test_saved_keys_and_reload_in_fresh_process(tmp_path):
     }
     assert set(saved) == expected_keys
 
-    script = textwrap.dedent(
-        f"""
+    out = run_fresh(f"""
         import torch, peft_video
         from peft import PeftModel
         from transformers import CLIPVisionModel
-        base = CLIPVisionModel.from_pretrained({str(tmp_path / "base")!r}).eval()
-        model = PeftModel.from_pretrained(base, {str(tmp_path / "adapter")!r})
-        frames = torch.load({str(tmp_path / "frames.pt")!r})
+        base = CLIPVisionModel.from_pretrained(r"{tmp_path / "base"}").eval()
+        model = PeftModel.from_pretrained(base, r"{tmp_path / "adapter"}")
+        frames = torch.load(r"{tmp_path / "frames.pt"}")
         with torch.no_grad():
-            torch.save(model(pixel_values=frames).last_hidden_state, {str(tmp_path / "out.pt")!r})
-        """
-    )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=tmp_path, timeout=300)
+            torch.save(model(pixel_values=frames).last_hidden_state, r"{tmp_path / "out.pt"}")
+        print(type(model.peft_config["default"]).__name__)
+    """)
+    assert out.strip() == "TokenMixConfig"
     assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
 
 
@@ -390,6 +333,26 @@ def test_multiple_adapters_set_and_delete():
         model.delete_adapter("a")
         assert not any(".a." in n for n, _ in model.named_parameters())
         assert torch.equal(encode(model, frames), alone["b"])
+
+
+def test_merge_adapter_unmerge_and_unload():
+    base = build("clip")
+    frames = video()
+    with torch.no_grad():
+        reference = encode(base, frames)
+        model = get_peft_model(base, TokenMixConfig(num_frames=T, blocks=[0, 1], finetune="attention"))
+        perturb_adapter(model)
+        tuned = encode(model, frames)
+        model.merge_adapter()
+        assert torch.equal(encode(model, frames), tuned)
+        with model.disable_adapter():  # disabling a merged adapter unmerges it, as peft's LoRA does
+            assert torch.equal(encode(model, frames), reference)
+        model.merge_adapter()
+        model.unmerge_adapter()
+        assert torch.equal(encode(model, frames), tuned)
+        unloaded = model.unload()
+        assert not any(isinstance(m, (TokenMixLayer, TokenMixingAttention)) for m in unloaded.modules())
+        assert torch.equal(encode(unloaded, frames), reference)
 
 
 def test_merged_state_dict_is_the_plain_architectures():
