@@ -464,4 +464,15 @@ def test_unknown_architecture_needs_block_list():
 
 
 def test_registered_with_peft():
-    assert TokenMixConfig().peft_type == peft_video._registry.peft_type_of("token_mix")
+    from peft.mapping import (
+        PEFT_TYPE_TO_CONFIG_MAPPING,
+        PEFT_TYPE_TO_PREFIX_MAPPING,
+        PEFT_TYPE_TO_TUNER_MAPPING,
+    )
+    from peft.utils import PeftType
+
+    peft_type = PeftType("PEFT_VIDEO_TOKEN_MIX")
+    assert TokenMixConfig().peft_type is peft_type
+    assert PEFT_TYPE_TO_CONFIG_MAPPING[peft_type] is peft_video.TokenMixConfig
+    assert PEFT_TYPE_TO_TUNER_MAPPING[peft_type] is peft_video.TokenMixModel
+    assert PEFT_TYPE_TO_PREFIX_MAPPING[peft_type] == "pvtmix_"
