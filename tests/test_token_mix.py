@@ -463,6 +463,23 @@ def test_unknown_architecture_needs_block_list():
     assert model(tokens).shape == tokens.shape
 
 
+def test_blocks_found_inside_a_task_wrapper():
+    class Classifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = build("open_clip")
+            self.head = nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.head(self.backbone.encode_image(x))
+
+    model = get_peft_model(Classifier(), TokenMixConfig(num_frames=T, modules_to_save=["head"]))
+    assert sorted(model.peft_config["default"].target_modules) == [
+        f"backbone.visual.transformer.resblocks.1.{part}" for part in ("attn", "ln_1", "ln_2", "mlp")
+    ]
+    assert model(video()).shape == (2 * T, 3)
+
+
 def test_registered_with_peft():
     from peft.mapping import (
         PEFT_TYPE_TO_CONFIG_MAPPING,

@@ -63,7 +63,11 @@ class MixPlan:
 
 
 def find_block_list(model: nn.Module, block_list: str | None = None) -> tuple[str, nn.ModuleList]:
-    """The dotted path and the ModuleList of the vision blocks (``block_list`` if given, else by architecture)."""
+    """The dotted path and the ModuleList of the vision blocks (``block_list`` if given, else by architecture).
+
+    A path also matches as a suffix (``backbone.encoder.layers`` for ``encoder.layers``), so task wrappers work;
+    a path that matches several ModuleLists is an error asking for ``block_list``.
+    """
     architecture = architecture_of(model)
     candidates = (block_list,) if block_list else TOKEN_MIX_BLOCK_LISTS.get(architecture or "", ())
     if not candidates:
@@ -71,13 +75,20 @@ def find_block_list(model: nn.Module, block_list: str | None = None) -> tuple[st
             f"TokenMix does not know where the vision blocks of architecture {architecture!r} are; pass "
             f"`block_list` (the dotted path of their ModuleList). Known architectures: {sorted(TOKEN_MIX_BLOCK_LISTS)}"
         )
+    lists = {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList) and len(module) > 0
+    }
     for path in candidates:
-        try:
-            found = model.get_submodule(path)
-        except AttributeError:
-            continue
-        if isinstance(found, nn.ModuleList) and len(found) > 0:
-            return path, found
+        found = [name for name in lists if name == path or name.endswith("." + path)]
+        if len(found) == 1:
+            return found[0], lists[found[0]]
+        if len(found) > 1:
+            raise ValueError(
+                f"`block_list`: {path!r} matches several ModuleLists {found}; pass the full dotted path of the vision "
+                "blocks"
+            )
     raise ValueError(
         f"`block_list`: no non-empty ModuleList of vision blocks at {list(candidates)} in {type(model).__name__} "
         f"(architecture {architecture!r}); pass `block_list` with the dotted path of the blocks"
