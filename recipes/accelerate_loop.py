@@ -5,7 +5,8 @@ the same everywhere. The clips are random (B, T, 3, H, W) videos with random cap
 
     python recipes/accelerate_loop.py                                   # one process (CPU or one GPU)
     python recipes/accelerate_loop.py --mixed_precision bf16            # or fp16
-    accelerate launch --multi_gpu --num_processes 2 recipes/accelerate_loop.py   # data parallel (GPUs, or gloo on CPU)
+    accelerate launch --multi_gpu --num_processes 2 recipes/accelerate_loop.py        # data parallel on 2 GPUs
+    accelerate launch --multi_gpu --num_processes 2 recipes/accelerate_loop.py --cpu  # 2 CPU processes over gloo
 
 The loss pulls each video's embedding (mean over its frames) towards its caption's: it is a mean over videos, so
 data parallel training on P processes equals one process on the same global batch (P * --batch_size).
@@ -26,7 +27,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from transformers import CLIPConfig, CLIPModel
 
 import peft_video
-from peft_video.integrations.accelerate_utils import max_rank_divergence, save_adapter
+from peft_video.integrations.accelerate_utils import check_launch, max_rank_divergence, save_adapter
 from peft_video.video import video_to_frame_batch
 
 IMAGE = 32
@@ -101,6 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=args.cpu)
+    check_launch(accelerator)
     set_seed(args.seed)  # same base weights and adapter init on every process
 
     config = peft_video.ReadConfig(recurrence_axis="frames", num_frames=args.frames, r=8)

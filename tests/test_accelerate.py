@@ -18,12 +18,13 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from peft import PeftConfig, PeftType, get_peft_model
 from safetensors.torch import load_file
 
 import peft_video
-from peft_video.integrations.accelerate_utils import adapter_vector
+from peft_video.integrations.accelerate_utils import adapter_vector, check_launch
 
 from .helpers import ROOT
 from .tiny_models import NUM_FRAMES, VIDEOS, frames, tiny_clip, tokens
@@ -136,6 +137,17 @@ def test_adapter_vector_rejects_a_model_without_trainable_parameters():
     model.requires_grad_(False)
     with pytest.raises(ValueError, match="`model` has no trainable parameters"):
         adapter_vector(model)
+
+
+def test_a_multi_process_launch_that_fell_back_to_single_processes_is_an_error(
+    monkeypatch, fresh_accelerate_state
+):
+    monkeypatch.setenv(
+        "WORLD_SIZE", "2"
+    )  # what `accelerate launch --num_processes 2` sets, on a machine without GPUs
+    accelerator = Accelerator()  # no cpu=True: each process would train alone
+    with pytest.raises(RuntimeError, match=r"WORLD_SIZE=2.*num_processes=1.*cpu=True"):
+        check_launch(accelerator)
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ no device placement or wrapping of our own.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,21 @@ import torch
 from accelerate import Accelerator
 
 from .card_info import set_card_info, unwrap_peft_model
+
+
+def check_launch(accelerator: Accelerator) -> None:
+    """Fail early if a multi-process launch became independent single-process runs.
+
+    On a machine without GPUs, ``accelerate launch --multi_gpu --num_processes N`` starts N processes, but each only
+    joins the gloo group when the Accelerator is created with ``cpu=True``; otherwise every process trains alone.
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > accelerator.num_processes:
+        raise RuntimeError(
+            f"{launched} processes were launched (WORLD_SIZE={launched}) but Accelerate sees "
+            f"num_processes={accelerator.num_processes}: each would train alone. On a machine without GPUs create the "
+            "Accelerator with cpu=True (the recipes' --cpu flag) to train data parallel over gloo."
+        )
 
 
 def adapter_vector(model: Any) -> torch.Tensor:
