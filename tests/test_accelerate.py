@@ -32,6 +32,7 @@ from .tiny_models import NUM_FRAMES, VIDEOS, frames, tiny_clip, tokens
 # One config per peft-video method, for a tiny CLIP fed B*T frames. A new method adds its line here.
 TUNER_CONFIGS: dict[str, Callable[[], PeftConfig]] = {
     "read": lambda: peft_video.ReadConfig(recurrence_axis="frames", num_frames=NUM_FRAMES),
+    "token_mix": lambda: peft_video.TokenMixConfig(num_frames=NUM_FRAMES),
 }
 
 

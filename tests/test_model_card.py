@@ -72,6 +72,22 @@ def test_save_pretrained_writes_the_filled_read_card(tmp_path):
     assert "arXiv:2312.06950" in text and "@inproceedings{nguyen2024readpvla" in text
 
 
+def clip_encoder_layer_parameters(d: int, ffn: int) -> int:
+    """A CLIP encoder layer: q, k, v, out projections, two LayerNorms, a two-layer MLP."""
+    return 4 * (d * d + d) + 2 * (2 * d) + (d * ffn + ffn) + (ffn * d + d)
+
+
+def test_token_mix_card_counts_the_fine_tuned_block(tmp_path):
+    torch.manual_seed(0)
+    model = get_peft_model(tiny_clip(), peft_video.TokenMixConfig(num_frames=NUM_FRAMES))
+    model.save_pretrained(tmp_path)
+    card = ModelCard.load(tmp_path / "README.md")
+    assert card.data.library_name == "peft" and {"peft-video", "token-mix"} <= set(card.data.tags)
+    assert f"Trainable parameters: {clip_encoder_layer_parameters(32, 64):,} (" in card.text  # the last block
+    assert "vision_model.encoder.layers.1.self_attn" in card.text and "layers.0." not in card.text
+    assert "@inproceedings{liu2023tokenmixing" in card.text and "${" not in card.text
+
+
 def test_card_without_recorded_info_says_so_and_keeps_local_paths_out_of_metadata(tmp_path):
     base = tiny_clip()
     base.save_pretrained(tmp_path / "base")
