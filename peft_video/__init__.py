@@ -6,6 +6,7 @@
 
 from ._registry import register_method
 from ._version import __version__
+from .integrations import peft_hooks as _peft_hooks  # noqa: F401  (peft-video model cards and push_to_hub)
 from .tuners.read import ReadConfig, ReadModel
 from .tuners.token_mix import TokenMixConfig, TokenMixModel
 from .video import use_num_frames
