@@ -42,8 +42,18 @@ def read(model: nn.Module) -> nn.Module:
     return get_peft_model(model, peft_video.ReadConfig(recurrence_axis="frames", num_frames=FRAMES, r=8))
 
 
+def token_mix(model: nn.Module) -> nn.Module:
+    """Mixing + partial fine-tuning of the last block ("block"); no gradient is needed below it."""
+    return get_peft_model(model, peft_video.TokenMixConfig(num_frames=FRAMES))
+
+
 # name -> builder; every builder receives a fresh copy of the same random backbone.
-METHODS: dict[str, Callable[[nn.Module], nn.Module]] = {"floor": floor, "lora": lora, "read": read}
+METHODS: dict[str, Callable[[nn.Module], nn.Module]] = {
+    "floor": floor,
+    "lora": lora,
+    "read": read,
+    "token_mix": token_mix,
+}
 
 
 def saved_tensor_bytes(step: Callable[[], torch.Tensor]) -> int:

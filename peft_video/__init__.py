@@ -6,9 +6,12 @@
 
 from ._registry import register_method
 from ._version import __version__
+from .integrations import peft_hooks as _peft_hooks  # noqa: F401  (peft-video model cards and push_to_hub)
 from .tuners.read import ReadConfig, ReadModel
+from .tuners.token_mix import TokenMixConfig, TokenMixModel
 from .video import use_num_frames
 
 register_method(name="read", config_cls=ReadConfig, model_cls=ReadModel)
+register_method(name="token_mix", config_cls=TokenMixConfig, model_cls=TokenMixModel)
 
-__all__ = ["ReadConfig", "ReadModel", "__version__", "use_num_frames"]
+__all__ = ["ReadConfig", "ReadModel", "TokenMixConfig", "TokenMixModel", "__version__", "use_num_frames"]
