@@ -217,6 +217,14 @@ def test_methods_make_the_right_parts_trainable():
         prepare_model(VideoTextRetrievalModel(tiny_clip()), "prompt", FRAMES)
 
 
+def test_text_embeddings_option_trains_and_saves_the_word_table(tmp_path):
+    model = prepare_model(VideoTextRetrievalModel(tiny_clip()), "read", FRAMES, text_embeddings=True)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any("token_embedding" in n for n in trainable) and any("pvread_" in n for n in trainable)
+    model.save_pretrained(str(tmp_path))
+    assert any("token_embedding" in key for key in load_file(str(tmp_path / "adapter_model.safetensors")))
+
+
 def test_temporal_methods_tell_a_video_from_its_reversal():
     x = videos(2)
     for method in ("read", "token_mix"):

@@ -158,3 +158,26 @@ def _pooled(output: torch.Tensor | ModelOutput) -> torch.Tensor:
     """transformers 5 returns the projected features as ``pooler_output`` of a ModelOutput; 4.x a tensor."""
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
+
+
+def pvla_source(model: nn.Module, num_frames: int):
+    """Where PVLA reads video and text from in a :class:`VideoTextRetrievalModel` (bare or under peft): every block
+    of both towers, the video side as each frame's [CLS] token (B, T, D), the text side as its tokens (B, L, D)
+    with the attention mask; HF CLIP's visual / text projections bring both to the joint space."""
+    from ..alignment.capture import TwoTower
+    from ..video import unflatten_frames
+
+    def frame_tokens(hidden: torch.Tensor) -> torch.Tensor:
+        return unflatten_frames(hidden[:, 0], num_frames)
+
+    if is_open_clip_model(model):  # open_clip keeps its projections as bare matrices: widths must agree
+        return TwoTower(video_modules=r"backbone\.visual\.transformer\.resblocks\.\d+",
+                        text_modules=r"backbone\.transformer\.resblocks\.\d+", video_transform=frame_tokens)
+    return TwoTower(
+        video_modules=r"backbone\.vision_model\.encoder\.layers\.\d+",
+        text_modules=r"backbone\.text_model\.encoder\.layers\.\d+",
+        video_transform=frame_tokens,
+        video_projection="backbone.visual_projection",
+        text_projection="backbone.text_projection",
+        text_mask="attention_mask",
+    )
