@@ -166,7 +166,7 @@ def test_plan_properties(
     excess = (plan.sum(-1) - a).clamp_min(0).sum(-1) + (plan.sum(-2) - b).clamp_min(0).sum(-1)
     # The reported residual bounds the marginal violation; converged problems are within tol.
     assert (excess <= mass * res.residual.double() + eps).all()
-    assert (res.residual[res.converged] <= 1e-5).all()
+    assert (res.residual[res.converged] <= 1e-4).all()
     torch.testing.assert_close(
         plan.sum((-2, -1)), torch.full((2,), mass, dtype=torch.float64), atol=eps, rtol=0
     )
@@ -211,7 +211,7 @@ def test_non_convergence_is_reported() -> None:
     cost = _structured(4, 40, 16, seed=11)
     with pytest.warns(ConvergenceWarning):
         res = partial_ot(cost, mass=0.5, tau=0.01, max_iter=20)
-    assert not res.converged.all() and (res.residual[~res.converged] > 1e-5).all()
+    assert not res.converged.all() and (res.residual[~res.converged] > 1e-4).all()
     assert (res.n_iter == 20).all()
 
 
@@ -340,3 +340,15 @@ def test_bad_cost_raises_clearly() -> None:
     bad[1, 2, 0] = float("inf")
     with pytest.raises(ValueError, match="non-finite entry on unmasked rows/columns of problem 1"):
         partial_ot(bad, mass=0.5)
+
+
+@pytest.mark.slow
+def test_compiled_iterations_match_eager() -> None:
+    """compile=True runs the same iteration through torch.compile (slow: one compilation, tens of seconds)."""
+    cost = _structured(5, 12, 7, seed=18).float()
+    row_mask = torch.ones(5, 12, dtype=torch.bool)
+    row_mask[2, 9:] = False
+    eager = partial_ot(cost, mass=0.5, tau=0.05, row_mask=row_mask)
+    compiled = partial_ot(cost, mass=0.5, tau=0.05, row_mask=row_mask, compile=True)
+    torch.testing.assert_close(compiled.plan, eager.plan, atol=1e-6, rtol=0)
+    assert compiled.converged.all()
