@@ -1,0 +1,5 @@
+"""Integrations with training frameworks (transformers' Trainer)."""
+
+from .trainer import PVLACallback
+
+__all__ = ["PVLACallback"]
