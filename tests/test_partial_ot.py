@@ -189,6 +189,15 @@ def test_float32_small_tau_stable_and_accurate(tau: float) -> None:
     torch.testing.assert_close(res.cost.double(), ref.cost, atol=2e-4, rtol=0)
 
 
+def test_scaling_form_that_overflows_falls_back_to_log_domain() -> None:
+    """Even when the scaling form is asked for, a plan that would hold nan/inf is solved again in the log domain."""
+    cost = 2 * torch.rand(3, 12, 7, generator=torch.Generator().manual_seed(19))
+    res = partial_ot(cost, mass=0.5, tau=0.002, log_domain=False, max_iter=5000)
+    ref = partial_ot(cost.double(), mass=0.5, tau=0.002, log_domain=True, max_iter=5000, tol=1e-10)
+    assert torch.isfinite(res.plan).all() and res.log_domain.any()
+    torch.testing.assert_close(res.cost.double(), ref.cost, atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_inputs_computed_in_float32(dtype: torch.dtype) -> None:
     cost = _structured(2, 10, 6, seed=9).to(dtype)

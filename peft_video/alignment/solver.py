@@ -110,7 +110,8 @@ def partial_ot(
     the plan. That is the exact gradient of the converged *regularised* value ``reg_cost`` (envelope theorem), not
     of ``<T*(C), C>`` alone, which would add ``<dT*/dC, C>``; memory does not grow with iterations. With
     ``differentiable=True`` autograd runs through every iteration instead (memory grows with ``n_iter``).
-    ``log_domain`` forces (True) or forbids (False) the log-domain solver; None chooses per problem.
+    ``log_domain`` forces (True) or avoids (False) the log-domain solver; None chooses per problem. A scaling-form
+    plan that leaves the float range anyway is solved again in the log domain, so valid input never gives nan/inf.
     ``compile=True`` runs the iterations through ``torch.compile`` (one compilation per process, seconds): about
     2x faster on CPU where per-operation dispatch dominates (small batches, the slowest problems' tail).
     """
@@ -135,31 +136,30 @@ def partial_ot(
         b = _marginal(b, "b", "col_mask", lead, n_l, col_mask, dtype, device)
         m = _mass(mass, lead, dtype, device)
         c_full = cost.reshape(batch, n_v, n_l).to(dtype)
-        valid = row_mask[:, :, None] & col_mask[:, None, :]
+        # Without masks every entry is valid: skip the where() passes over the (B, N_V, N_L) tensors.
+        valid = None if (row_mask.all() and col_mask.all()) else row_mask[:, :, None] & col_mask[:, None, :]
 
         c_solve = c_full if differentiable else c_full.detach()
-        c_valid = torch.where(valid, c_solve, 0.0)
-        lo = torch.where(valid, c_solve, math.inf).amin((-2, -1)).detach()
-        hi = torch.where(valid, c_solve, -math.inf).amax((-2, -1)).detach()
+        lo = _where(valid, c_solve, math.inf).amin((-2, -1)).detach()
+        hi = _where(valid, c_solve, -math.inf).amax((-2, -1)).detach()
         if not bool(torch.isfinite(lo).all() & torch.isfinite(hi).all()):
             bad = int((~(torch.isfinite(lo) & torch.isfinite(hi))).nonzero()[0, 0])
             raise ValueError(
                 f"`cost` has a non-finite entry on unmasked rows/columns of problem {bad} (flattened)"
             )
-        shifted = torch.where(valid, c_valid - lo[:, None, None], 0.0)
+        shifted = _where(valid, c_solve - lo[:, None, None], 0.0)
         if log_domain is None:
             use_log = (hi - lo) / tau > _SCALING_LIMIT[dtype]
         else:
             use_log = torch.full((batch,), bool(log_domain), device=device)
 
         with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
-            plan, n_iter, residual = _solve_split(
+            plan, n_iter, residual, use_log = _solve_split(
                 shifted, valid, a, b, m, tau, max_iter, tol, use_log, compile
             )
-        plan = torch.where(valid, plan, 0.0)
+        plan = _where(valid, plan, 0.0)
         used = plan if differentiable else plan.detach()
-        c_grad = torch.where(valid, c_full, 0.0)
-        transport = (used * c_grad).sum((-2, -1))
+        transport = (used * _where(valid, c_full, 0.0)).sum((-2, -1))
         reg = transport + tau * torch.xlogy(used, used).sum((-2, -1))
 
     converged = residual <= tol
@@ -191,6 +191,11 @@ def _check_scalars(tau: object, max_iter: object, tol: object) -> None:
         raise ValueError(f"`max_iter` must be an integer >= 1 (paper: 1000), got {max_iter!r}")
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol <= 0:
         raise ValueError(f"`tol` must be a finite number > 0, got {tol!r}")
+
+
+def _where(valid: Tensor | None, x: Tensor, fill: float) -> Tensor:
+    """``x`` where ``valid`` (None: everywhere), else ``fill``."""
+    return x if valid is None else torch.where(valid, x, fill)
 
 
 def _broadcast(t: Tensor, name: str, shape: tuple[int, ...], expected: str) -> Tensor:
@@ -273,7 +278,7 @@ def _mass(mass: float | Tensor, lead: tuple[int, ...], dtype: torch.dtype, devic
 
 def _solve_split(
     shifted: Tensor,
-    valid: Tensor,
+    valid: Tensor | None,
     a: Tensor,
     b: Tensor,
     m: Tensor,
@@ -282,29 +287,38 @@ def _solve_split(
     tol: float,
     use_log: Tensor,
     compile: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Solve the scaling-domain and log-domain problems separately and put the results back in batch order."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Solve the scaling-domain and log-domain problems apart and put the results back in batch order.
+
+    A scaling-domain plan that still left the float range is solved again in the log domain (a safety net: the
+    range / tau rule is meant to prevent it). Returns plan, n_iter, residual and the final log-domain flags.
+    """
     batch = shifted.shape[0]
-    if bool(use_log.all()):
-        return _solve(_LogDomain(shifted, valid, a, b, m, tau), max_iter, tol, compile)
-    if not bool(use_log.any()):
-        plan, n_iter, res = _solve(_ScalingDomain(shifted, valid, a, b, m, tau), max_iter, tol, compile)
-        bad = ~torch.isfinite(plan).all(-1).all(-1)
-        if not bool(bad.any()):
-            return plan, n_iter, res
-        use_log = bad  # safety net: re-solve a problem that still left the float range, in the log domain
     plan = shifted.new_zeros(shifted.shape)
     n_iter = torch.zeros(batch, dtype=torch.long, device=shifted.device)
     res = shifted.new_zeros(batch)
-    for idx, domain in ((~use_log).nonzero()[:, 0], _ScalingDomain), (use_log.nonzero()[:, 0], _LogDomain):
-        if idx.numel() == 0:
+    for domain in (_ScalingDomain, _LogDomain):
+        chosen = ~use_log if domain is _ScalingDomain else use_log
+        if not bool(chosen.any()):
             continue
-        sub = domain(shifted[idx], valid[idx], a[idx], b[idx], m[idx], tau)
-        p, n, r = _solve(sub, max_iter, tol, compile)
-        plan = plan.index_copy(0, idx, p)
-        n_iter = n_iter.index_copy(0, idx, n)
-        res = res.index_copy(0, idx, r)
-    return plan, n_iter, res
+        idx = chosen.nonzero()[:, 0]
+        whole = idx.numel() == batch
+        sub_valid = None if valid is None or whole else valid[idx]
+        sub = (shifted, valid, a, b, m) if whole else (shifted[idx], sub_valid, a[idx], b[idx], m[idx])
+        p, n, r = _solve(domain(*sub, tau), max_iter, tol, compile)
+        if domain is _ScalingDomain:
+            bad = ~torch.isfinite(p).all(-1).all(-1)
+            if bool(bad.any()):
+                use_log = use_log.index_put((idx[bad],), torch.tensor(True, device=use_log.device))
+        if whole:
+            plan, n_iter, res = p, n, r
+        else:
+            plan, n_iter, res = (
+                plan.index_copy(0, idx, p),
+                n_iter.index_copy(0, idx, n),
+                res.index_copy(0, idx, r),
+            )
+    return plan, n_iter, res, use_log
 
 
 # State and constants of the iteration. Vectors are kept as (B, 1, n) and scalars as (B, 1, 1) so that every
@@ -320,7 +334,9 @@ class _ScalingDomain:
     Masked entries keep K = 1 but get zero weight, so x = 0 on masked rows and y = 0 on masked columns.
     """
 
-    def __init__(self, shifted: Tensor, valid: Tensor, a: Tensor, b: Tensor, m: Tensor, tau: float) -> None:
+    def __init__(
+        self, shifted: Tensor, valid: Tensor | None, a: Tensor, b: Tensor, m: Tensor, tau: float
+    ) -> None:
         k = torch.exp(shifted / -tau)
         ub = torch.where(m < 1, 1.0, math.inf).to(m.dtype)
         kt = k.mT.contiguous()  # K^T stored once: a transposed view costs a dispatch per iteration
@@ -380,8 +396,10 @@ class _LogDomain:
     cancellation that would otherwise cost float32 about eps * range / tau of relative accuracy.
     """
 
-    def __init__(self, shifted: Tensor, valid: Tensor, a: Tensor, b: Tensor, m: Tensor, tau: float) -> None:
-        self.log_kernel = torch.where(valid, shifted / -tau, _LOG_ZERO)
+    def __init__(
+        self, shifted: Tensor, valid: Tensor | None, a: Tensor, b: Tensor, m: Tensor, tau: float
+    ) -> None:
+        self.log_kernel = _where(valid, shifted / -tau, _LOG_ZERO)
         self.bound = torch.where(m < 1, 0.0, math.inf).to(m.dtype)[:, None, None]
         self.const: State = _fresh(
             {
