@@ -14,8 +14,8 @@ from typing import Any
 from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from ..alignment.capture import PVLAAttachment, SingleStream, TwoTower, check_weight
-from ..alignment.pvla import PVLALoss
+from .capture import PVLAAttachment, SingleStream, TwoTower, check_weight
+from .pvla import PVLALoss
 
 __all__ = ["PVLACallback"]
 
