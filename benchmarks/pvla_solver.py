@@ -309,7 +309,9 @@ def main() -> None:
         print(f"{name}: {value:.4f}" + (" s" if "iterations" not in name else ""))
     plain, with_pvla, alone = rows[0][1], rows[1][1], rows[2][1]
     print(f"PVLA loss alone / training step: {alone / plain:.1%}")
-    print(f"training step with PVLA / without: {with_pvla / plain:.3f} (includes timing noise of the step itself)")
+    print(
+        f"training step with PVLA / without: {with_pvla / plain:.3f} (includes timing noise of the step itself)"
+    )
 
 
 if __name__ == "__main__":
