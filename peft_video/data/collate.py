@@ -74,7 +74,7 @@ class VideoTextCollator:
         text = self.tokenizer(
             [row["caption"] for row in rows],
             padding=True,
-            truncation=self.max_length is not None or self.tokenizer.model_max_length < 10**6,
+            truncation=True,  # to max_length, else the tokenizer's model_max_length; special tokens are kept
             max_length=self.max_length,
             return_tensors="pt",
         )
