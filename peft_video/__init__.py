@@ -6,9 +6,20 @@
 
 from ._registry import register_method
 from ._version import __version__
+from .tuners.rap import RapConfig, RapModel, rap_condition, retrieval_scores
 from .tuners.read import ReadConfig, ReadModel
 from .video import use_num_frames
 
 register_method(name="read", config_cls=ReadConfig, model_cls=ReadModel)
+register_method(name="rap", config_cls=RapConfig, model_cls=RapModel)
 
-__all__ = ["ReadConfig", "ReadModel", "__version__", "use_num_frames"]
+__all__ = [
+    "RapConfig",
+    "RapModel",
+    "ReadConfig",
+    "ReadModel",
+    "__version__",
+    "rap_condition",
+    "retrieval_scores",
+    "use_num_frames",
+]
