@@ -11,6 +11,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from ...video import frames_to_time_major_tokens, resolve_num_frames, time_major_tokens_to_frames
+from .._wrapping import ForwardsToBaseLayer
 from .config import ReadConfig
 
 _RNN_CLASSES = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
@@ -29,7 +30,7 @@ def output_features(module: nn.Module) -> int:
     return linears[-1].out_features
 
 
-class ReadLayer(nn.Module, BaseTunerLayer):
+class ReadLayer(ForwardsToBaseLayer, nn.Module, BaseTunerLayer):
     """A target feed-forward module plus one READ bottleneck per adapter, applied to the module's output."""
 
     adapter_layer_names = ("pvread_down", "pvread_rnn", "pvread_up")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from peft.config import PeftConfig
-from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
 from ...architectures import OPEN_CLIP, architecture_of
+from .._wrapping import WrappingTuner
 from .config import ReadConfig
 from .layer import ReadLayer
+
+_VIT_FFN = r".*layers?\.\d+\.(mlp|output\.dense)"
 
 # Feed-forward modules whose output O is eq. 5's input, per architecture and recurrence axis. Strings are regexes
 # (full match); lists match module-name suffixes. CLIP-like two-tower models pick the tower from the axis.
@@ -28,7 +30,8 @@ READ_TARGET_MODULES: dict[str, dict[str, list[str] | str]] = {
         "tokens": r"vision_model\.encoder\.layers\.\d+\.mlp",
     },
     "blip_vision_model": {"tokens": ["mlp"], "frames": ["mlp"]},
-    "vit": {"tokens": r".*layer\.\d+\.output\.dense", "frames": r".*layer\.\d+\.output\.dense"},
+    # transformers 5 names ViT's FFN `layers.N.mlp`; older releases `layer.N.output.dense`.
+    "vit": {"tokens": _VIT_FFN, "frames": _VIT_FFN},
     OPEN_CLIP: {
         "tokens": r"transformer\.resblocks\.\d+\.mlp",
         "frames": r"(visual\.)?transformer\.resblocks\.\d+\.mlp",
@@ -52,7 +55,7 @@ def default_read_targets(model: nn.Module, recurrence_axis: str) -> list[str] | 
     return targets
 
 
-class ReadModel(BaseTuner):
+class ReadModel(WrappingTuner):
     """Creates READ (recurrent adapter) modules on a pretrained model; see :class:`ReadConfig`.
 
     Example::
