@@ -17,6 +17,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from ...video import check_frame_batch, flatten_frames, resolve_num_frames, unflatten_frames
+from .._wrapping import ForwardsToBaseLayer
 from .asa import WarpPlan, plan_warp, select_patches, sentence_directions
 from .condition import current_condition
 from .config import RapConfig
@@ -43,7 +44,7 @@ class RapLayerSettings:
     use_asa: bool
 
 
-class RapLayer(nn.Module, BaseTunerLayer):
+class RapLayer(ForwardsToBaseLayer, nn.Module, BaseTunerLayer):
     """A self-attention module plus, per adapter, LoRM factors (video) or a scale and shift (text).
 
     Subclasses know how to read the attention input and how to call the base module with warped keys and values.
@@ -83,10 +84,10 @@ class RapLayer(nn.Module, BaseTunerLayer):
         self.pvrap_shared = shared
         self._disable_adapters = False
         self.merged_adapters = []
-        self.features = self.embed_dim()
+        self.features = self.attention_width()
         self.update_layer(adapter_name, config)
 
-    def embed_dim(self) -> int:
+    def attention_width(self) -> int:
         """Width D of the attention input."""
         raise NotImplementedError
 
@@ -237,7 +238,7 @@ class RapCLIPAttention(RapLayer):
     the duration of this call, so the base attention runs its own code path and zero offsets are bitwise exact.
     """
 
-    def embed_dim(self) -> int:
+    def attention_width(self) -> int:
         return self.base_layer.k_proj.in_features
 
     def bind(self, args, kwargs):
@@ -274,7 +275,7 @@ class RapMultiheadAttention(RapLayer):
     and training-mode outputs bitwise.
     """
 
-    def embed_dim(self) -> int:
+    def attention_width(self) -> int:
         return self.base_layer.embed_dim
 
     def bind(self, args, kwargs):

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 import torch
 from peft.config import PeftConfig
-from peft.tuners.tuners_utils import BaseTuner, check_target_module_exists
+from peft.tuners.tuners_utils import check_target_module_exists
 from torch import nn
 
 from ...architectures import OPEN_CLIP, architecture_of
+from .._wrapping import WrappingTuner
 from .config import RapConfig, resolve_blocks
 from .layer import TEXT, VIDEO, RapCLIPAttention, RapLayer, RapMultiheadAttention, RapShared
 
@@ -104,7 +105,7 @@ def vision_geometry(model: nn.Module, towers: dict[str, str]) -> VisionGeometry:
     return VisionGeometry((vision.image_size // vision.patch_size) ** 2, depth, condition_dim, projection)
 
 
-class RapModel(BaseTuner):
+class RapModel(WrappingTuner):
     """Creates RAP modules (LoRM + ASA, text scale/shift) on a CLIP model; see :class:`RapConfig`.
 
     Example::
