@@ -120,13 +120,14 @@ def test_zero_offset_has_gradient_everywhere_inside():
 def test_select_patches_is_top_k_of_projected_similarity_with_straight_through_gate():
     generator = torch.Generator().manual_seed(2)
     batch, frames, patches, dim, width = 2, 3, 8, 6, 5
-    u = torch.randn(batch, frames, patches, dim, generator=generator)
+    video = torch.randn(batch, frames, patches + 1, dim, generator=generator)  # [CLS] first
     weight = torch.randn(width, dim, generator=generator, requires_grad=True)
     sentences = torch.randn(batch, width, generator=generator)
-    directions = sentence_directions(weight, make_condition(sentences, None), u[:, :, 0])
-    index, gate = select_patches(u, directions, top_k=3)
-    # reference: Proj(u) . w* literally (eq. 6), with the normalised sentence
-    scores = torch.einsum("btne,be->btn", F.linear(u, weight.detach()), F.normalize(sentences, dim=-1))
+    directions = sentence_directions(weight, make_condition(sentences, None), video[:, :, 0])
+    index, gate = select_patches(video, directions, top_k=3)
+    # reference: Proj(u) . w* literally (eq. 6) over the patches, with the normalised sentence
+    projected = F.linear(video[:, :, 1:], weight.detach())
+    scores = torch.einsum("btne,be->btn", projected, F.normalize(sentences, dim=-1))
     expected = scores.topk(3, dim=-1).indices
     assert torch.equal(index.sort(-1).values, expected.sort(-1).values)
     assert torch.equal(gate.detach(), torch.ones_like(gate))
@@ -160,4 +161,4 @@ def test_condition_errors_name_the_argument():
     with pytest.raises(ValueError, match="`candidates` must be a floating-point tensor"):
         make_condition(None, torch.ones(2, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="`top_k`=9 exceeds the 8 patches"):
-        select_patches(torch.randn(1, 2, 8, 3), torch.randn(1, 3), top_k=9)
+        select_patches(torch.randn(1, 2, 9, 3), torch.randn(1, 3), top_k=9)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ...video import flatten_frames, unflatten_frames
+from ...video import unflatten_frames
 from .condition import RapCondition
 
 
@@ -49,18 +49,23 @@ def sentence_directions(
 
 
 def select_patches(
-    patches: torch.Tensor, directions: torch.Tensor, top_k: int
+    video: torch.Tensor, directions: torch.Tensor, top_k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 6: the ``top_k`` patches of each frame by u . (W^T w*), as indices (B, T, K), plus a gate (B, T, K).
+    """Eq. 6: the ``top_k`` patches of each frame of ``video`` (B, T, N+1, D) by u . (W^T w*): indices (B, T, K)
+    into the patches (0..N-1), plus a gate (B, T, K).
 
     The top-k choice is discrete, so on its own it would never train Proj. The gate is 1 in value but carries the
     straight-through gradient of the patch softmax, so Proj (and the sentence) learn which patches to warp while the
-    forward pass stays the paper's hard selection.
+    forward pass stays the paper's hard selection. The features enter the scores detached: selection trains Proj,
+    it does not reshape the backbone's features (and backward skips a full-size pass per layer).
     """
-    num_patches = patches.shape[2]
-    if top_k > num_patches:
-        raise ValueError(f"`top_k`={top_k} exceeds the {num_patches} patches per frame")
-    scores = torch.einsum("btnd,bd->btn", patches, directions)
+    batch, frames, tokens, dim = video.shape
+    if top_k > tokens - 1:
+        raise ValueError(f"`top_k`={top_k} exceeds the {tokens - 1} patches per frame")
+    flat = video.detach().reshape(batch, frames * tokens, dim)
+    scores = torch.bmm(flat.to(directions.dtype), directions.unsqueeze(-1)).view(batch, frames, tokens)[
+        ..., 1:
+    ]
     index = scores.detach().topk(top_k, dim=-1).indices
     soft = scores.softmax(dim=-1).gather(-1, index)
     gate = 1.0 + (soft - soft.detach())
@@ -89,13 +94,13 @@ def axis_interpolation(offset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 class WarpPlan:
     """Where ASA's selected tokens take their keys and values from (eq. 7), reusable for keys and for values.
 
-    ``index`` (B, T, K): the selected patches; ``corners`` (B, T*K*4): flat indices t*N + n of the four
-    bilinear neighbours of (t + delta_t, n + gamma_n); ``weights`` (B, T, K, 4); ``gate`` (B, T, K), see
-    :func:`select_patches`.
+    Indices are flat over a video's T*(N+1) tokens. ``targets`` (B, T*K): the selected patch tokens; ``sources``
+    (B, T*K*5): per target, itself then the four bilinear neighbours of (t + delta_t, n + gamma_n); ``weights``
+    (B, T*K, 4); ``gate`` (B, T*K, 1), see :func:`select_patches`.
     """
 
-    index: torch.Tensor
-    corners: torch.Tensor
+    targets: torch.Tensor
+    sources: torch.Tensor
     weights: torch.Tensor
     gate: torch.Tensor
     num_frames: int
@@ -104,45 +109,43 @@ class WarpPlan:
         """(B*T, N+1, D) tokens -> the same with each selected patch replaced by its warped source (eq. 7).
 
         Exact identity when the offsets are zero: the weights are then one-hot, so the replacement equals the token.
+        One gather and one scatter on a contiguous view: no other copy of the activations.
         """
         video = unflatten_frames(x, self.num_frames)
         batch, frames, tokens, dim = video.shape
-        patches = video[:, :, 1:].reshape(batch, frames * (tokens - 1), dim)
-        corners = patches.gather(1, self.corners.unsqueeze(-1).expand(-1, -1, dim))
-        corners = corners.view(batch, frames, -1, 4, dim)
-        warped = (corners * self.weights.to(x.dtype).unsqueeze(-1)).sum(dim=3)
-        token_index = (self.index + 1).unsqueeze(-1).expand(-1, -1, -1, dim)
-        own = video.gather(2, token_index)
-        replaced = own + self.gate.to(x.dtype).unsqueeze(-1) * (warped - own)
-        return flatten_frames(video.scatter(2, token_index, replaced))
+        flat = video.reshape(batch, frames * tokens, dim)
+        picked = flat.gather(1, self.sources.unsqueeze(-1).expand(-1, -1, dim)).view(batch, -1, 5, dim)
+        own = picked[:, :, 0]
+        warped = (picked[:, :, 1:] * self.weights.to(x.dtype).unsqueeze(-1)).sum(dim=2)
+        replaced = own + self.gate.to(x.dtype) * (warped - own)
+        out = flat.scatter(1, self.targets.unsqueeze(-1).expand(-1, -1, dim), replaced)
+        return out.view_as(x)
 
 
 def plan_warp(
     index: torch.Tensor, gate: torch.Tensor, frame_offset: torch.Tensor, patch_offset: torch.Tensor
 ) -> WarpPlan:
-    """Bilinear sources of the selected patches: patch n of frame t reads (t + delta_t, n + gamma_n) (eq. 7)."""
+    """Bilinear sources of the selected patches: patch n of frame t reads (t + delta_t, n + gamma_n) (eq. 7).
+
+    ``index`` (B, T, K) holds patch indices 0..N-1; token t*(N+1) + 1 + n of the flat video is patch n of frame t.
+    """
     batch, frames, top_k = index.shape
-    num_patches = patch_offset.shape[0]
+    tokens = patch_offset.shape[0] + 1
     t_lower, t_upper, t_frac = axis_interpolation(frame_offset)
     n_lower, n_upper, n_frac = axis_interpolation(patch_offset)
     p_lower, p_upper, p_frac = n_lower[index], n_upper[index], n_frac[index]  # (B, T, K)
-    f_lower = t_lower.view(1, frames, 1).expand_as(index)
-    f_upper = t_upper.view(1, frames, 1).expand_as(index)
-    a = t_frac.view(1, frames, 1).expand_as(p_frac)
-    corners = torch.stack(
-        [
-            f_lower * num_patches + p_lower,
-            f_lower * num_patches + p_upper,
-            f_upper * num_patches + p_lower,
-            f_upper * num_patches + p_upper,
-        ],
-        dim=-1,
+    f_lower = t_lower.view(1, frames, 1) * tokens + 1
+    f_upper = t_upper.view(1, frames, 1) * tokens + 1
+    own = torch.arange(frames, device=index.device).view(1, frames, 1) * tokens + 1 + index
+    sources = torch.stack(
+        [own, f_lower + p_lower, f_lower + p_upper, f_upper + p_lower, f_upper + p_upper], dim=-1
     )
+    a = t_frac.view(1, frames, 1).expand_as(p_frac)
     weights = torch.stack([(1 - a) * (1 - p_frac), (1 - a) * p_frac, a * (1 - p_frac), a * p_frac], dim=-1)
     return WarpPlan(
-        index=index,
-        corners=corners.reshape(batch, frames * top_k * 4),
-        weights=weights,
-        gate=gate,
+        targets=own.reshape(batch, frames * top_k),
+        sources=sources.reshape(batch, frames * top_k * 5),
+        weights=weights.reshape(batch, frames * top_k, 4),
+        gate=gate.reshape(batch, frames * top_k, 1),
         num_frames=frames,
     )

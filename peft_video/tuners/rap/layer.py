@@ -173,11 +173,11 @@ class RapLayer(ForwardsToBaseLayer, nn.Module, BaseTunerLayer):
         if self.pvrap_tower == TEXT:
             scale = self.pvrap_text_scale[adapter_name]
             x = self._cast_input_dtype(hidden, scale.dtype)
-            return (x * (1 + scale) + self.pvrap_text_shift[adapter_name]).to(hidden.dtype)
+            return torch.addcmul(self.pvrap_text_shift[adapter_name], x, 1 + scale).to(hidden.dtype)
         scale = self.pvrap_scale_a[adapter_name] @ self.pvrap_scale_b[adapter_name]  # (T, D)
         shift = self.pvrap_shift_a[adapter_name] @ self.pvrap_shift_b[adapter_name]
         x = unflatten_frames(self._cast_input_dtype(hidden, scale.dtype), num_frames)  # (B, T, L, D)
-        u = x * (1 + scale).unsqueeze(1) + shift.unsqueeze(1)
+        u = torch.addcmul(shift.unsqueeze(1), x, (1 + scale).unsqueeze(1))
         return flatten_frames(u).to(hidden.dtype)
 
     def plan(self, u: torch.Tensor, adapter_name: str, settings: RapLayerSettings) -> WarpPlan:
@@ -192,9 +192,10 @@ class RapLayer(ForwardsToBaseLayer, nn.Module, BaseTunerLayer):
                 f"forward has {video.shape[2]} tokens per frame; feed the image size the model was built for and "
                 "disable patch dropout"
             )
-        video = video.to(proj.weight.dtype)
-        directions = sentence_directions(proj.weight, current_condition(), video[:, :, 0])
-        index, gate = select_patches(video[:, :, 1:], directions, settings.top_k)
+        directions = sentence_directions(
+            proj.weight, current_condition(), video[:, :, 0].to(proj.weight.dtype)
+        )
+        index, gate = select_patches(video, directions, settings.top_k)
         return plan_warp(index, gate, shared.frame_offset[adapter_name], shared.patch_offset[adapter_name])
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
