@@ -77,16 +77,15 @@ def tower_of(towers: dict[str, str], key: str) -> str:
 
 @dataclass(frozen=True)
 class VisionGeometry:
-    """What RAP needs to know about the vision tower: patch count N, block count, joint width E, projection."""
+    """What RAP needs to know about the vision tower: patch count N, block count, joint embedding width E."""
 
     num_patches: int
     depth: int
     condition_dim: int | None
-    projection: torch.Tensor | None  # the frozen visual projection as an (E, D) matrix, if the model has one
 
 
 def vision_geometry(model: nn.Module, towers: dict[str, str]) -> VisionGeometry:
-    """Read N, depth, E and the visual projection from a HF or open_clip CLIP model."""
+    """Read N, depth and E from a HF or open_clip CLIP model."""
     depth = 1 + max(
         (i for key, _ in model.named_modules() if (i := block_index(towers[VIDEO], key)) is not None),
         default=-1,
@@ -94,15 +93,21 @@ def vision_geometry(model: nn.Module, towers: dict[str, str]) -> VisionGeometry:
     if architecture_of(model) == OPEN_CLIP:
         visual = model.visual if hasattr(model, "visual") else model
         rows, cols = visual.grid_size
-        proj = getattr(visual, "proj", None)
-        projection = proj.detach().T if isinstance(proj, torch.Tensor) else None
-        return VisionGeometry(rows * cols, depth, getattr(visual, "output_dim", None), projection)
+        return VisionGeometry(rows * cols, depth, getattr(visual, "output_dim", None))
     config = model.config
     vision = getattr(config, "vision_config", config)
-    projection_module = getattr(model, "visual_projection", None)
-    projection = projection_module.weight.detach() if isinstance(projection_module, nn.Linear) else None
     condition_dim = getattr(config, "projection_dim", None) or getattr(vision, "projection_dim", None)
-    return VisionGeometry((vision.image_size // vision.patch_size) ** 2, depth, condition_dim, projection)
+    return VisionGeometry((vision.image_size // vision.patch_size) ** 2, depth, condition_dim)
+
+
+def visual_projection(model: nn.Module) -> torch.Tensor | None:
+    """The model's frozen patch-to-joint-space projection as an (E, D) matrix, if it has one."""
+    if architecture_of(model) == OPEN_CLIP:
+        visual = model.visual if hasattr(model, "visual") else model
+        proj = getattr(visual, "proj", None)
+        return proj.detach().T if isinstance(proj, torch.Tensor) else None
+    projection = getattr(model, "visual_projection", None)
+    return projection.weight.detach() if isinstance(projection, nn.Linear) else None
 
 
 class RapModel(WrappingTuner):
@@ -214,7 +219,7 @@ class RapModel(WrappingTuner):
                 "`condition_dim` is None and the model does not tell its joint embedding width: set it"
             )
         proj = nn.Linear(width, condition_dim, bias=False)
-        projection = geometry.projection
+        projection = visual_projection(self.model)
         fits = projection is not None and tuple(projection.shape) == (condition_dim, width)
         if config.proj_init == "model" and not fits:
             raise ValueError(
