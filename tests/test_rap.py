@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 import torch.nn.functional as F
-from peft import PeftConfig, get_model_status, get_peft_model, inject_adapter_in_model
+from peft import PeftConfig, PeftModel, get_model_status, get_peft_model, inject_adapter_in_model
 from safetensors.torch import load_file
 
 import peft_video
@@ -414,7 +414,7 @@ def test_two_adapters_switch_disable_and_delete(family):
     assert torch.equal(outputs(), first)
 
 
-def test_load_adapter_adds_a_second_saved_adapter(tmp_path):
+def test_load_adapter_and_low_cpu_mem_usage_loading(tmp_path):
     model = trained(HF, tmp_path)
     model.save_pretrained(tmp_path / "adapter")
     pixels, ids = HF.inputs()
@@ -427,6 +427,12 @@ def test_load_adapter_adds_a_second_saved_adapter(tmp_path):
     reloaded.set_adapter("loaded")
     with torch.no_grad():
         assert torch.equal(torch.cat(encode_pair(HF, reloaded, pixels, ids)), expected)
+    # low_cpu_mem_usage: adapter (and shared ASA) weights are created on meta, then loaded
+    lazy = PeftModel.from_pretrained(
+        CLIPModel.from_pretrained(tmp_path / "hf").eval(), tmp_path / "adapter", low_cpu_mem_usage=True
+    )
+    with torch.no_grad():
+        assert torch.equal(torch.cat(encode_pair(HF, lazy, pixels, ids)), expected)
 
 
 def test_two_active_adapters_at_once_is_an_error():

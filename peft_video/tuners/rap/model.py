@@ -218,7 +218,8 @@ class RapModel(WrappingTuner):
             raise ValueError(
                 "`condition_dim` is None and the model does not tell its joint embedding width: set it"
             )
-        proj = nn.Linear(width, condition_dim, bias=False)
+        factory = {"device": reference.device, "dtype": reference.dtype}
+        proj = nn.Linear(width, condition_dim, bias=False, **factory)
         projection = visual_projection(self.model)
         fits = projection is not None and tuple(projection.shape) == (condition_dim, width)
         if config.proj_init == "model" and not fits:
@@ -227,20 +228,16 @@ class RapModel(WrappingTuner):
                 f"found {None if projection is None else tuple(projection.shape)}; use 'auto' or 'random'"
             )
         with torch.no_grad():
-            if config.proj_init != "random" and fits:
-                proj.weight.copy_(projection)
-            patch_offset = torch.zeros(geometry.num_patches)
-            frame_offset = torch.zeros(config.num_frames)
+            if config.proj_init != "random" and fits and proj.weight.device.type != "meta":
+                proj.weight.copy_(projection)  # (on meta under low_cpu_mem_usage: loaded weights come later)
+            patch_offset = torch.zeros(geometry.num_patches, **factory)
+            frame_offset = torch.zeros(config.num_frames, **factory)
             if not config.init_weights:
                 patch_offset.normal_(std=1.0)
                 frame_offset.normal_(std=1.0)
-        self.pvrap_proj[adapter_name] = proj.to(reference.device, reference.dtype)
-        self.pvrap_patch_offset[adapter_name] = nn.Parameter(
-            patch_offset.to(reference.device, reference.dtype)
-        )
-        self.pvrap_frame_offset[adapter_name] = nn.Parameter(
-            frame_offset.to(reference.device, reference.dtype)
-        )
+        self.pvrap_proj[adapter_name] = proj
+        self.pvrap_patch_offset[adapter_name] = nn.Parameter(patch_offset)
+        self.pvrap_frame_offset[adapter_name] = nn.Parameter(frame_offset)
         self._set_shared_requires_grad(adapter_name, adapter_name in self.active_adapters)
 
     def _shared_items(self, adapter_name: str) -> list[nn.Module | nn.Parameter]:
