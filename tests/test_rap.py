@@ -158,17 +158,18 @@ def test_default_targets_cover_vision_and_text_blocks(family):
 
 def test_vision_only_models_get_no_text_targets():
     model = get_peft_model(tiny_clip_vision(), rap())
-    assert sorted(model.base_model.targeted_module_names) == [
-        f"encoder.layers.{i}.self_attn" for i in range(2)
-    ]
-    assert model.base_model.pvrap_proj["default"].weight.shape == (
-        512,
-        32,
-    )  # CLIPVisionConfig's projection_dim
+    names = sorted(model.base_model.targeted_module_names)
+    assert names == [f"encoder.layers.{i}.self_attn" for i in range(2)]
+    proj = model.base_model.pvrap_proj["default"]
+    assert proj.weight.shape == (512, 32)  # CLIPVisionConfig's projection_dim
     visual = get_peft_model(tiny_open_clip().visual, rap())
-    assert sorted(visual.base_model.targeted_module_names) == [
-        f"transformer.resblocks.{i}.attn" for i in range(2)
-    ]
+    names = sorted(visual.base_model.targeted_module_names)
+    assert names == [f"transformer.resblocks.{i}.attn" for i in range(2)]
+    with torch.no_grad():  # both run conditioned, on their own joint width
+        with rap_condition(paired=torch.randn(VIDEOS, 512)):
+            assert model(pixel_values=frames()).pooler_output.shape == (VIDEOS * FRAMES, 32)
+        with rap_condition(candidates=torch.randn(3, EMBED)):
+            assert visual(frames()).shape == (VIDEOS * FRAMES, EMBED)
 
 
 def test_proj_starts_from_the_frozen_visual_projection():
