@@ -271,9 +271,9 @@ class RapMultiheadAttention(RapLayer):
     """RAP around ``nn.MultiheadAttention`` used as self-attention (open_clip's ``attn``).
 
     ASA warps the key and value *inputs*; since the in-projection is linear and the interpolation weights sum to
-    one, this equals warping the projected keys and values (eq. 7). Torch's fused inference path needs
-    query is key is value, so under ASA eval-mode outputs match the unwarped module to float rounding (~1e-7),
-    and training-mode outputs bitwise.
+    one, this equals warping the projected keys and values (eq. 7). With zero offsets the output is bitwise the base
+    module's on the same (query, key, value) tensors; against the plain self-attention call it agrees to float
+    rounding (~1e-7), because torch's fused inference path and packed in-projection need query is key is value.
     """
 
     def attention_width(self) -> int:
