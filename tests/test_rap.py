@@ -333,22 +333,23 @@ def test_trainable_parameter_count_matches_the_formula():
 # -- peft behaviours --------------------------------------------------------------------------------------------------
 
 
-def trained(family: Family, tmp_path) -> torch.nn.Module:
-    """A RAP model after 3 training steps, its base saved under ``tmp_path / family.name``."""
+def trained(family: Family, tmp_path=None) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """A RAP model after 3 training steps and a copy of its base (also saved under ``tmp_path``, if given)."""
     torch.manual_seed(0)
     base = family.build().eval()
-    if family is HF:
+    if tmp_path is not None and family is HF:
         base.save_pretrained(tmp_path / "hf")
-    else:
+    elif tmp_path is not None:
         torch.save(base.state_dict(), tmp_path / "open_clip_base.pt")
+    base_copy = copy.deepcopy(base)
     model = get_peft_model(base, rap())
     train_steps(model, contrastive_loss(family), steps=3)
-    return model.eval()
+    return model.eval(), base_copy
 
 
 def test_save_and_reload_in_a_fresh_process_gives_identical_outputs(tmp_path):
     for family in (HF, OPEN_CLIP):
-        model = trained(family, tmp_path)
+        model, _ = trained(family, tmp_path)
         model.save_pretrained(tmp_path / f"{family.name}_adapter")
         with torch.no_grad():
             torch.save(
@@ -416,22 +417,18 @@ def test_two_adapters_switch_disable_and_delete(family):
 
 
 def test_load_adapter_and_low_cpu_mem_usage_loading(tmp_path):
-    model = trained(HF, tmp_path)
+    model, base = trained(HF)
     model.save_pretrained(tmp_path / "adapter")
     pixels, ids = HF.inputs()
     with torch.no_grad():
         expected = torch.cat(encode_pair(HF, model, pixels, ids))
-    from transformers import CLIPModel
-
-    reloaded = get_peft_model(CLIPModel.from_pretrained(tmp_path / "hf").eval(), rap(init_weights=False))
+    reloaded = get_peft_model(copy.deepcopy(base), rap(init_weights=False))
     reloaded.load_adapter(tmp_path / "adapter", adapter_name="loaded")
     reloaded.set_adapter("loaded")
     with torch.no_grad():
         assert torch.equal(torch.cat(encode_pair(HF, reloaded, pixels, ids)), expected)
     # low_cpu_mem_usage: adapter (and shared ASA) weights are created on meta, then loaded
-    lazy = PeftModel.from_pretrained(
-        CLIPModel.from_pretrained(tmp_path / "hf").eval(), tmp_path / "adapter", low_cpu_mem_usage=True
-    )
+    lazy = PeftModel.from_pretrained(base, tmp_path / "adapter", low_cpu_mem_usage=True)
     with torch.no_grad():
         assert torch.equal(torch.cat(encode_pair(HF, lazy, pixels, ids)), expected)
 
