@@ -144,8 +144,11 @@ def test_top_k_larger_than_patch_count_is_rejected(family):
 
 
 @FAMILIES
-def test_default_targets_cover_vision_and_text_blocks(family):
+def test_default_targets_cover_vision_and_text_blocks(family, tmp_path):
     model = get_peft_model(family.build_deep(), rap(blocks="light"))
+    model.save_pretrained(tmp_path)  # the saved config (blocks + resolved targets) reloads consistently
+    reloaded = PeftModel.from_pretrained(family.build_deep(), tmp_path)
+    assert reloaded.base_model.targeted_module_names == model.base_model.targeted_module_names
     targeted = model.base_model.targeted_module_names
     vision = sorted(k for k in targeted if k.startswith(("vision", "visual")))
     assert vision == [family.vision_attention.format(i=i) for i in (2, 3, 4, 5)]  # RAP_light: the last 4

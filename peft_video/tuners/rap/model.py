@@ -119,7 +119,7 @@ class RapModel(WrappingTuner):
         >>> from peft import get_peft_model
         >>> model = get_peft_model(clip, peft_video.RapConfig(num_frames=12))
         >>> with peft_video.rap_condition(paired=caption_embeds):
-        ...     frame_embeds = model.get_image_features(pixel_values=frames)  # (B*T, 3, H, W) frames
+        ...     frame_embeds = model.get_image_features(pixel_values=frames).pooler_output  # frames: (B*T, 3, H, W)
     """
 
     prefix: str = "pvrap_"
@@ -153,7 +153,7 @@ class RapModel(WrappingTuner):
             patterns.append(tower_pattern(towers[TEXT]))
         if peft_config.target_modules is None:
             peft_config.target_modules = "|".join(f"(?:{p})" for p in patterns)
-        elif peft_config.blocks != "all":
+        elif peft_config.blocks != "all" and (peft_config.use_lorm or peft_config.use_asa):
             self._check_blocks_match_targets(peft_config, towers[VIDEO], blocks)
         self.pvrap_geometry = geometry
         self.pvrap_towers = towers
