@@ -6,11 +6,14 @@
 
 from ._registry import register_method
 from ._version import __version__
+from .integrations import peft_hooks as _peft_hooks  # noqa: F401  (peft-video model cards and push_to_hub)
 from .tuners.rap import RapConfig, RapModel, rap_condition, retrieval_scores
 from .tuners.read import ReadConfig, ReadModel
+from .tuners.token_mix import TokenMixConfig, TokenMixModel
 from .video import use_num_frames
 
 register_method(name="read", config_cls=ReadConfig, model_cls=ReadModel)
+register_method(name="token_mix", config_cls=TokenMixConfig, model_cls=TokenMixModel)
 register_method(name="rap", config_cls=RapConfig, model_cls=RapModel)
 
 __all__ = [
@@ -18,6 +21,8 @@ __all__ = [
     "RapModel",
     "ReadConfig",
     "ReadModel",
+    "TokenMixConfig",
+    "TokenMixModel",
     "__version__",
     "rap_condition",
     "retrieval_scores",

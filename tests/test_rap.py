@@ -159,6 +159,27 @@ def test_default_targets_cover_vision_and_text_blocks(family, tmp_path):
     assert no_text.base_model.targeted_module_names == [family.vision_attention.format(i=1)]
 
 
+class TaskWrapper(torch.nn.Module):
+    """A retrieval model holding the CLIP as ``backbone`` (targets must tolerate the prefix)."""
+
+    def __init__(self, backbone: torch.nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+
+@FAMILIES
+def test_default_targets_tolerate_a_task_wrapper(family):
+    torch.manual_seed(0)
+    model = get_peft_model(TaskWrapper(family.build().eval()), rap())
+    names = sorted(model.base_model.targeted_module_names)
+    assert len(names) == 4 and all(name.startswith("backbone.") for name in names)
+    assert sorted(layer.pvrap_tower for layer in rap_layers(model)) == ["text", "text", "video", "video"]
+    backbone = model.base_model.model.backbone
+    with torch.no_grad():
+        text, video = encode_pair(family, backbone, *family.inputs())
+    assert video.shape == (VIDEOS, EMBED)
+
+
 def test_vision_only_models_get_no_text_targets():
     model = get_peft_model(tiny_clip_vision(), rap())
     names = sorted(model.base_model.targeted_module_names)

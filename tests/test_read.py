@@ -344,3 +344,20 @@ def test_bart_decoder_and_encoder_ffns_are_targeted():
     names = [n for n, m in model.named_modules() if isinstance(m, ReadLayer)]
     assert any(".encoder." in n for n in names) and any(".decoder." in n for n in names)
     assert all(n.endswith("fc2") for n in names)
+
+
+class TaskWrapper(torch.nn.Module):
+    """A task model holding the backbone as a submodule, as the retrieval recipe does."""
+
+    def __init__(self, backbone: torch.nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+
+@pytest.mark.parametrize("build", [tiny_clip, tiny_open_clip], ids=["hf-clip", "open-clip"])
+@pytest.mark.parametrize("axis", ["frames", "tokens"])
+def test_default_targets_find_the_right_tower_inside_a_wrapper(build, axis):
+    model = get_peft_model(TaskWrapper(build()), read_config(axis))
+    names = [n for n, m in model.named_modules() if isinstance(m, ReadLayer)]
+    vision = [n for n in names if "vision_model" in n or "visual" in n]
+    assert len(names) == 2 and len(vision) == (2 if axis == "frames" else 0), names

@@ -15,34 +15,35 @@ from peft.config import PeftConfig
 from peft.tuners.tuners_utils import check_target_module_exists
 from torch import nn
 
-from ...architectures import OPEN_CLIP, architecture_of
+from ...architectures import OPEN_CLIP, architecture_of, contains_open_clip_text_tower
 from .._wrapping import WrappingTuner
 from .config import RapConfig, resolve_blocks
 from .layer import TEXT, VIDEO, RapCLIPAttention, RapLayer, RapMultiheadAttention, RapShared
 
 BLOCKS = "{blocks}"  # placeholder for the block indices in the patterns below
+_PREFIX = r"(?:.*\.)?"  # tolerate a task wrapper's prefix such as `backbone.`
 
 # Self-attention modules per architecture and tower (regexes, full match). Vision blocks get LoRM + ASA, text blocks
-# the text scale and shift. open_clip's bare VisionTransformer has its blocks at the root: see `rap_towers`.
+# the text scale and shift. open_clip's bare VisionTransformer has no text tower: see `rap_towers`.
 RAP_TARGET_MODULES: dict[str, dict[str, str]] = {
     "clip": {
-        VIDEO: r"vision_model\.encoder\.layers\.{blocks}\.self_attn",
-        TEXT: r"text_model\.encoder\.layers\.{blocks}\.self_attn",
+        VIDEO: _PREFIX + r"vision_model\.encoder\.layers\.{blocks}\.self_attn",
+        TEXT: _PREFIX + r"text_model\.encoder\.layers\.{blocks}\.self_attn",
     },
     # CLIPVisionModel is the bare vision transformer; CLIPVisionModelWithProjection nests it in `vision_model`
-    "clip_vision_model": {VIDEO: r"(?:vision_model\.)?encoder\.layers\.{blocks}\.self_attn"},
+    "clip_vision_model": {VIDEO: _PREFIX + r"encoder\.layers\.{blocks}\.self_attn"},
     OPEN_CLIP: {
-        VIDEO: r"visual\.transformer\.resblocks\.{blocks}\.attn",
-        TEXT: r"transformer\.resblocks\.{blocks}\.attn",
+        VIDEO: _PREFIX + r"visual\.transformer\.resblocks\.{blocks}\.attn",
+        TEXT: _PREFIX + r"(?<!visual\.)transformer\.resblocks\.{blocks}\.attn",
     },
 }
-_OPEN_CLIP_VISION_TOWER = {VIDEO: r"transformer\.resblocks\.{blocks}\.attn"}
+_OPEN_CLIP_VISION_TOWER = {VIDEO: _PREFIX + r"transformer\.resblocks\.{blocks}\.attn"}
 
 
 def rap_towers(model: nn.Module) -> dict[str, str]:
     """The per-tower attention patterns of ``model``, or a clear error for architectures RAP does not know."""
     architecture = architecture_of(model)
-    if architecture == OPEN_CLIP and not hasattr(model, "visual"):
+    if architecture == OPEN_CLIP and not contains_open_clip_text_tower(model):
         return _OPEN_CLIP_VISION_TOWER
     if architecture not in RAP_TARGET_MODULES:
         raise ValueError(
@@ -60,8 +61,8 @@ def tower_pattern(template: str, blocks: list[int] | None = None) -> str:
 
 def block_index(template: str, key: str) -> int | None:
     """The block index of ``key`` if it is one of the tower's attention modules, else None."""
-    match = re.fullmatch(template.replace(BLOCKS, r"(\d+)"), key)
-    return int(match.group(1)) if match else None
+    match = re.fullmatch(template.replace(BLOCKS, r"(?P<block>\d+)"), key)
+    return int(match.group("block")) if match else None
 
 
 def tower_of(towers: dict[str, str], key: str) -> str:
@@ -84,6 +85,18 @@ class VisionGeometry:
     condition_dim: int | None
 
 
+def _open_clip_visual(model: nn.Module) -> nn.Module:
+    """The open_clip VisionTransformer in ``model`` (itself, its ``visual``, or inside a task wrapper)."""
+    from open_clip.transformer import VisionTransformer
+
+    return next(m for m in model.modules() if isinstance(m, VisionTransformer))
+
+
+def _hf_clip(model: nn.Module) -> nn.Module:
+    """The outermost HF module in ``model`` that has a config (the CLIP model itself, or inside a task wrapper)."""
+    return next(m for m in model.modules() if getattr(getattr(m, "config", None), "model_type", None))
+
+
 def vision_geometry(model: nn.Module, towers: dict[str, str]) -> VisionGeometry:
     """Read N, depth and E from a HF or open_clip CLIP model."""
     depth = 1 + max(
@@ -91,10 +104,10 @@ def vision_geometry(model: nn.Module, towers: dict[str, str]) -> VisionGeometry:
         default=-1,
     )
     if architecture_of(model) == OPEN_CLIP:
-        visual = model.visual if hasattr(model, "visual") else model
+        visual = _open_clip_visual(model)
         rows, cols = visual.grid_size
         return VisionGeometry(rows * cols, depth, getattr(visual, "output_dim", None))
-    config = model.config
+    config = _hf_clip(model).config
     vision = getattr(config, "vision_config", config)
     condition_dim = getattr(config, "projection_dim", None) or getattr(vision, "projection_dim", None)
     return VisionGeometry((vision.image_size // vision.patch_size) ** 2, depth, condition_dim)
@@ -103,10 +116,9 @@ def vision_geometry(model: nn.Module, towers: dict[str, str]) -> VisionGeometry:
 def visual_projection(model: nn.Module) -> torch.Tensor | None:
     """The model's frozen patch-to-joint-space projection as an (E, D) matrix, if it has one."""
     if architecture_of(model) == OPEN_CLIP:
-        visual = model.visual if hasattr(model, "visual") else model
-        proj = getattr(visual, "proj", None)
+        proj = getattr(_open_clip_visual(model), "proj", None)
         return proj.detach().T if isinstance(proj, torch.Tensor) else None
-    projection = getattr(model, "visual_projection", None)
+    projection = getattr(_hf_clip(model), "visual_projection", None)
     return projection.weight.detach() if isinstance(projection, nn.Linear) else None
 
 

@@ -5,36 +5,32 @@ from __future__ import annotations
 from peft.config import PeftConfig
 from torch import nn
 
-from ...architectures import OPEN_CLIP, architecture_of
+from ...architectures import OPEN_CLIP, architecture_of, contains_open_clip_text_tower
 from .._wrapping import WrappingTuner
 from .config import ReadConfig
 from .layer import ReadLayer
 
 _VIT_FFN = r".*layers?\.\d+\.(mlp|output\.dense)"
+_CLIP_VISION_FFN = r"(.*\.)?vision_model\.encoder\.layers\.\d+\.mlp"
 
 # Feed-forward modules whose output O is eq. 5's input, per architecture and recurrence axis. Strings are regexes
-# (full match); lists match module-name suffixes. CLIP-like two-tower models pick the tower from the axis.
+# (full match, tolerant of a wrapper's prefix such as `backbone.`); lists match module-name suffixes. CLIP-like
+# two-tower models pick the tower from the axis.
 READ_TARGET_MODULES: dict[str, dict[str, list[str] | str]] = {
     "bart": {"tokens": ["fc2"]},
     "mbart": {"tokens": ["fc2"]},
     "t5": {"tokens": ["DenseReluDense"]},
     "mt5": {"tokens": ["DenseReluDense"]},
-    "clip": {
-        "tokens": r"text_model\.encoder\.layers\.\d+\.mlp",
-        "frames": r"vision_model\.encoder\.layers\.\d+\.mlp",
-    },
+    "clip": {"tokens": r"(.*\.)?text_model\.encoder\.layers\.\d+\.mlp", "frames": _CLIP_VISION_FFN},
     "clip_text_model": {"tokens": ["mlp"]},
     "clip_vision_model": {"tokens": ["mlp"], "frames": ["mlp"]},
-    "blip": {
-        "frames": r"vision_model\.encoder\.layers\.\d+\.mlp",
-        "tokens": r"vision_model\.encoder\.layers\.\d+\.mlp",
-    },
+    "blip": {"frames": _CLIP_VISION_FFN, "tokens": _CLIP_VISION_FFN},
     "blip_vision_model": {"tokens": ["mlp"], "frames": ["mlp"]},
     # transformers 5 names ViT's FFN `layers.N.mlp`; older releases `layer.N.output.dense`.
     "vit": {"tokens": _VIT_FFN, "frames": _VIT_FFN},
     OPEN_CLIP: {
-        "tokens": r"transformer\.resblocks\.\d+\.mlp",
-        "frames": r"(visual\.)?transformer\.resblocks\.\d+\.mlp",
+        "tokens": r"(.*\.)?(?<!visual\.)transformer\.resblocks\.\d+\.mlp",
+        "frames": r"(.*\.)?transformer\.resblocks\.\d+\.mlp",
     },
 }
 
@@ -50,8 +46,8 @@ def default_read_targets(model: nn.Module, recurrence_axis: str) -> list[str] | 
             f"Known architectures: {sorted(READ_TARGET_MODULES)}"
         )
     targets = per_axis[recurrence_axis]
-    if architecture == OPEN_CLIP and recurrence_axis == "frames" and hasattr(model, "visual"):
-        targets = r"visual\.transformer\.resblocks\.\d+\.mlp"
+    if architecture == OPEN_CLIP and recurrence_axis == "frames" and contains_open_clip_text_tower(model):
+        targets = r"(.*\.)?visual\.transformer\.resblocks\.\d+\.mlp"
     return targets
 
 

@@ -1,0 +1,122 @@
+"""Configuration of TokenMix, the token mixing method of Liu et al., AAAI 2023 (Token Mixing, section "Method")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from peft.config import PeftConfig
+
+from ..._version import __version__
+from ...video import validate_num_frames
+from .blocks import FINETUNE_PARTS
+from .mixing import validate_cross_frame_weight, validate_num_prefix_tokens, validate_strategy
+
+
+@dataclass
+class TokenMixConfig(PeftConfig):
+    """Configuration of a TokenMix adapter: cross-frame token mixing in some blocks of a frame-wise image encoder,
+    trained by partial fine-tuning of those blocks (trainable copies of the chosen parts live in the adapter).
+
+    The encoder sees B videos of T frames as B*T images (video-major). In every block listed in ``blocks`` each
+    query of each frame attends to one key/value set built across the T frames of its video (eq. 8).
+    """
+
+    num_frames: int | None = field(
+        default=None,
+        metadata={
+            "help": "Frames per video T (the encoder sees B*T frames, video-major). None: set it at run time with "
+            "`peft_video.use_num_frames(T)`, which also overrides a configured value."
+        },
+    )
+    blocks: list[int] | int = field(
+        default_factory=lambda: [-1],
+        metadata={
+            "help": "Indices of the vision blocks that mix tokens and are fine-tuned, Python style (-1: the last "
+            "block, the paper's setting). Any list of distinct blocks."
+        },
+    )
+    finetune: Literal["block", "attention", "ffn", "none"] = field(
+        default="block",
+        metadata={
+            "help": "What is trained in the mixed blocks: 'block' (whole block, the paper's default: 7.1M for a "
+            "ViT-B/16 block), 'attention' (attention + its pre-norm: 2.4M), 'ffn' (MLP + its pre-norm: 4.7M) or "
+            "'none' (mixing only; train other modules through `modules_to_save`)."
+        },
+    )
+    strategy: Literal["uniform_cls", "uniform", "none"] = field(
+        default="uniform_cls",
+        metadata={
+            "help": "Shared key/value set: 'uniform_cls' (patch j from frame j mod T plus the CLS tokens of all T "
+            "frames, as in the authors' code), 'uniform' (position s from frame s mod T, exactly S keys, as in the "
+            "paper's text) or 'none' (no mixing: partial fine-tuning only, the paper's ablation)."
+        },
+    )
+    cross_frame_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "Weight w of patch keys from other frames than the query's: adds log(w) to their logits (w < 1 "
+            "favours the own frame). 1.0: no re-weighting. CLS keys are never re-weighted."
+        },
+    )
+    num_prefix_tokens: int = field(
+        default=1,
+        metadata={
+            "help": "Non-patch tokens at the start of each frame's sequence (1 for a CLS token, 0 for none)."
+        },
+    )
+    block_list: str | None = field(
+        default=None,
+        metadata={
+            "help": "Dotted path of the ModuleList of vision blocks. None: chosen from the architecture (HF CLIP, "
+            "CLIP vision, BLIP, BLIP vision, ViT, open_clip)."
+        },
+    )
+    target_modules: list[str] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Derived, do not set: filled in at injection with the modules wrapped for `blocks` and `finetune`."
+        },
+    )
+    modules_to_save: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Extra modules to train and save beside the adapter, e.g. the visual projection and the language "
+            "head (the paper trains both)."
+        },
+    )
+    peft_video_version: str = field(
+        default=__version__, metadata={"help": "peft-video version that wrote this config (informational)."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from ..._registry import peft_type_of
+
+        self.peft_type = peft_type_of("token_mix")
+        if self.num_frames is not None:
+            validate_num_frames(self.num_frames)
+        if isinstance(self.blocks, int) and not isinstance(self.blocks, bool):
+            self.blocks = [self.blocks]
+        if (
+            not isinstance(self.blocks, (list, tuple))
+            or not self.blocks
+            or any(isinstance(b, bool) or not isinstance(b, int) for b in self.blocks)
+        ):
+            raise ValueError(
+                f"`blocks` must be a non-empty list of block indices (ints, -1: last), got {self.blocks!r}"
+            )
+        self.blocks = list(self.blocks)
+        if self.finetune not in FINETUNE_PARTS:
+            raise ValueError(f"`finetune` must be one of {FINETUNE_PARTS}, got {self.finetune!r}")
+        validate_strategy(self.strategy)
+        validate_cross_frame_weight(self.cross_frame_weight)
+        validate_num_prefix_tokens(self.num_prefix_tokens)
+        if self.strategy == "none" and self.finetune == "none":
+            raise ValueError("`strategy`='none' with `finetune`='none' adapts nothing; change one of them")
+        if self.strategy == "none" and self.cross_frame_weight != 1.0:
+            raise ValueError(
+                f"`cross_frame_weight`={self.cross_frame_weight} has no effect with `strategy`='none' (no mixing)"
+            )
+        if isinstance(self.target_modules, list):
+            self.target_modules = set(self.target_modules)
