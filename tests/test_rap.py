@@ -345,6 +345,31 @@ def test_bf16_base_keeps_fp32_adapter_weights():
     assert text.dtype == video.dtype == torch.bfloat16 and torch.isfinite(video).all()
 
 
+@FAMILIES
+def test_bf16_autocast_steps_with_asa_are_finite_match_float32_and_change_only_rap(family):
+    model = build(family)
+    loss_fn = contrastive_loss(family)
+    with torch.no_grad():
+        reference = loss_fn(model).item()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0
+    )
+    for step in range(2):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = loss_fn(model)
+        assert torch.isfinite(loss)
+        if step == 0:
+            assert abs(loss.item() - reference) < 2e-2 * max(1.0, abs(reference))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    for name, p in model.named_parameters():
+        assert p.dtype == torch.float32, name
+        assert (not torch.equal(before[name], p.detach())) == (name in trainable), name
+
+
 def test_trainable_parameter_count_matches_the_formula():
     trainable, _ = build(HF).get_nb_trainable_parameters()
     dim, rank, vision_blocks, text_blocks = 32, 2, 2, 2
