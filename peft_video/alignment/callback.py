@@ -1,0 +1,96 @@
+"""``PVLACallback``: switch the PVLA loss on in a ``transformers.Trainer`` run.
+
+A callback cannot change the loss, so it attaches :func:`peft_video.alignment.capture.attach_pvla` to the model at
+train begin: capture hooks plus a forward hook on the model that adds ``weight * PVLA`` to ``output.loss`` in
+training forwards only. The Trainer then backpropagates and logs that loss as usual; the callback adds the PVLA
+term's mean since the last log as ``logs["pvla"]`` and removes every hook at train end.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from torch import nn
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from .capture import PVLAAttachment, SingleStream, TwoTower, check_weight
+from .pvla import PVLALoss
+
+__all__ = ["PVLACallback"]
+
+
+class PVLACallback(TrainerCallback):
+    """Add ``weight * loss(video, text)`` to the model's loss during ``Trainer`` training steps; log it as ``pvla``.
+
+    The model must return its own loss (a ``ModelOutput`` / dict with ``loss``): with ``label_smoothing_factor`` or
+    ``compute_loss_func`` the Trainer recomputes the loss from logits and would drop the term. ``logs["pvla"]`` is
+    the unweighted term; ``state.log_history`` gets it too, and so do callbacks registered after this one (the
+    console printer; report integrations such as TensorBoard run earlier and do not see it). Call :meth:`remove` if
+    training stops with an exception, as ``on_train_end`` then never runs.
+    """
+
+    def __init__(
+        self, loss: PVLALoss, source: TwoTower | SingleStream, *, weight: float = 1.0, log_key: str = "pvla"
+    ) -> None:
+        # Validate now rather than at train begin.
+        check_weight(weight)
+        if not isinstance(loss, PVLALoss):
+            raise ValueError(f"`loss` must be a PVLALoss, got {type(loss).__name__}")
+        if not isinstance(source, (TwoTower, SingleStream)):
+            raise ValueError(f"`source` must be a TwoTower or SingleStream, got {type(source).__name__}")
+        self.loss, self.source, self.weight, self.log_key = loss, source, weight, log_key
+        self.attachment: PVLAAttachment | None = None
+
+    def attach(self, model: nn.Module) -> PVLAAttachment:
+        """Attach to ``model`` (replacing any earlier attachment of this callback)."""
+        self.remove()
+        self.attachment = PVLAAttachment(model, self.loss, self.source, weight=self.weight)
+        return self.attachment
+
+    def remove(self) -> None:
+        """Remove every hook this callback added (idempotent)."""
+        if self.attachment is not None:
+            self.attachment.remove()
+            self.attachment = None
+
+    def on_train_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: nn.Module | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if model is None:
+            raise ValueError("PVLACallback: the Trainer passed no `model` to on_train_begin")
+        if getattr(args, "label_smoothing_factor", 0) != 0:
+            warnings.warn(
+                "PVLACallback: with label_smoothing_factor != 0 the Trainer computes the loss from logits, so "
+                "the PVLA term added to the model's loss is ignored",
+                stacklevel=2,
+            )
+        self.attach(model)
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.remove()
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if self.attachment is None or logs is None or "loss" not in logs:
+            return
+        value = self.attachment.pop_mean()
+        if value is None:
+            return
+        logs[self.log_key] = value
+        # Trainer.log appended a copy of `logs` to the history before calling the callbacks.
+        if state.log_history and state.log_history[-1].get("loss") == logs["loss"]:
+            state.log_history[-1][self.log_key] = value

@@ -1,0 +1,215 @@
+"""Real video-text data: MSR-VTT-style annotations (video, caption) -> a ``datasets.Dataset`` of sampled frames.
+
+Each video is a file (decoded with PyAV) or a folder of frame images; ``num_frames`` frames are sampled uniformly
+(the middle of ``num_frames`` equal segments), resized on the shorter side and centre-cropped to ``image_size``.
+Rows have the columns of :mod:`peft_video.data.schema`, like the synthetic world, with ``order_pair_id`` -1.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from datasets import Dataset
+from PIL import Image
+
+from .schema import NO_PAIR, video_text_features
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
+_VIDEO_KEYS = ("video", "video_path", "path")
+_CAPTION_KEYS = ("caption", "sentence", "text")
+
+
+def uniform_indices(num_available: int, num_frames: int) -> list[int]:
+    """Indices of ``num_frames`` frames spread evenly over ``num_available`` (segment midpoints; repeats if short)."""
+    if num_available <= 0:
+        raise ValueError(f"`num_available` must be positive (a video with no frames?), got {num_available}")
+    if num_frames <= 0:
+        raise ValueError(f"`num_frames` must be positive, got {num_frames}")
+    return [min(num_available - 1, int((i + 0.5) * num_available / num_frames)) for i in range(num_frames)]
+
+
+def resize_center_crop(image: Image.Image, size: int) -> np.ndarray:
+    """Resize the shorter side to ``size`` (bicubic), centre-crop to ``size`` x ``size``: (size, size, 3) uint8."""
+    image = image.convert("RGB")
+    w, h = image.size
+    scale = size / min(w, h)
+    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def _natural_key(path: Path) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+
+
+def _frames_from_folder(folder: Path, num_frames: int, image_size: int) -> np.ndarray:
+    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS), key=_natural_key)
+    if not files:
+        raise ValueError(f"frame folder {folder} holds no images with extensions {IMAGE_EXTENSIONS}")
+    chosen = [files[i] for i in uniform_indices(len(files), num_frames)]
+    frames = []
+    for path in chosen:
+        with Image.open(path) as image:
+            frames.append(resize_center_crop(image, image_size))
+    return np.stack(frames)
+
+
+def _frames_from_file(path: Path, num_frames: int, image_size: int) -> np.ndarray:
+    try:
+        import av
+    except ImportError as error:  # pragma: no cover - av ships with the test environment
+        raise ImportError("decoding video files needs PyAV: `pip install av`") from error
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise ValueError(f"video file {path} has no video stream")
+        stream = container.streams.video[0]
+        declared = stream.frames
+        if declared > 0:  # decode only up to the last frame needed; keep only the sampled ones
+            wanted = uniform_indices(declared, num_frames)
+            kept: dict[int, np.ndarray] = {}
+            for index, frame in enumerate(container.decode(stream)):
+                if index in wanted:
+                    kept[index] = resize_center_crop(frame.to_image(), image_size)
+                if index >= wanted[-1]:
+                    break
+            if len(kept) == len(set(wanted)):
+                return np.stack([kept[i] for i in wanted])
+            container.seek(0)  # the header over-counted the frames: fall back to decoding them all
+        images = [resize_center_crop(frame.to_image(), image_size) for frame in container.decode(stream)]
+    if not images:
+        raise ValueError(f"video file {path} decoded to no frames")
+    return np.stack([images[i] for i in uniform_indices(len(images), num_frames)])
+
+
+@lru_cache(maxsize=8)
+def load_frames(video: str, num_frames: int, image_size: int) -> np.ndarray:
+    """(num_frames, image_size, image_size, 3) uint8 frames sampled uniformly from a video file or frame folder.
+
+    Cached for the last few videos, since captioned datasets list each video several times in a row.
+    """
+    path = Path(video)
+    if path.is_dir():
+        return _frames_from_folder(path, num_frames, image_size)
+    if path.is_file():
+        return _frames_from_file(path, num_frames, image_size)
+    raise FileNotFoundError(f"video {video!r} is neither a video file nor a folder of frames")
+
+
+def read_annotations(annotations: str | Path | Iterable[dict[str, Any]], video_root: str | Path | None = None
+                     ) -> list[dict[str, str]]:
+    """Annotation records -> [{"video_id", "video" (path), "caption"}].
+
+    Accepts a list of dicts, a ``.json`` list (or MSR-VTT's ``{"sentences": [...]}`` file), ``.jsonl`` or ``.csv``.
+    Each record names its video by ``video``/``video_path``/``path`` or by ``video_id`` (looked up under
+    ``video_root`` as a folder or a file with a video extension) and its text by ``caption``/``sentence``/``text``.
+    """
+    records = _load_records(annotations)
+    root = Path(video_root) if video_root is not None else None
+    if root is None and isinstance(annotations, (str, Path)):
+        root = Path(annotations).parent
+    rows = []
+    for number, record in enumerate(records):
+        caption = next((record[k] for k in _CAPTION_KEYS if record.get(k) is not None), None)
+        if not isinstance(caption, str):
+            raise ValueError(f"annotation {number} needs a text field ({'/'.join(_CAPTION_KEYS)}); got {record!r}")
+        video = next((record[k] for k in _VIDEO_KEYS if record.get(k) is not None), None)
+        video_id = record.get("video_id")
+        if video is None and video_id is None:
+            raise ValueError(f"annotation {number} needs a video field ({'/'.join(_VIDEO_KEYS)}) or `video_id`; got {record!r}")
+        path = _resolve_video(str(video) if video is not None else None, str(video_id) if video_id else None, root)
+        rows.append({"video_id": str(video_id) if video_id is not None else path.stem, "video": str(path),
+                     "caption": caption})
+    if not rows:
+        raise ValueError("`annotations` holds no records")
+    return rows
+
+
+def load_video_text_dataset(annotations: str | Path | Iterable[dict[str, Any]], video_root: str | Path | None = None,
+                            num_frames: int = 8, image_size: int = 224, split: str = "train", lazy: bool = False,
+                            cache_file_name: str | None = None) -> Dataset:
+    """A Dataset with the synthetic world's columns from MSR-VTT-style annotations (see ``read_annotations``).
+
+    ``lazy=False`` decodes every video once now (``cache_file_name`` puts the frames on disk, memory-mapped).
+    ``lazy=True`` stores the video path and decodes on access (rows read out have the same keys), for corpora
+    whose frames would not fit in memory or on disk, such as MSR-VTT's 20 captions per video.
+    """
+    for name, value in (("num_frames", num_frames), ("image_size", image_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+    rows = read_annotations(annotations, video_root)
+    table = {
+        "video_id": [r["video_id"] for r in rows],
+        "caption": [r["caption"] for r in rows],
+        "video": [r["video"] for r in rows],
+        "order_pair_id": [NO_PAIR] * len(rows),
+        "split": [split] * len(rows),
+    }
+    features = video_text_features(num_frames, image_size, image_size)
+    decode = _Decoder(num_frames, image_size)
+    dataset = Dataset.from_dict(table)
+    if lazy:
+        dataset.set_transform(decode)
+        return dataset
+    dataset = dataset.map(decode, batched=True, batch_size=16, features=features, remove_columns=["video"],
+                          cache_file_name=cache_file_name, desc="decoding videos")
+    dataset.set_format("numpy", columns=["frames"], output_all_columns=True, dtype=np.uint8)
+    return dataset
+
+
+class _Decoder:
+    """Batch transform: the ``video`` column -> ``frames`` (picklable, so ``map`` can fingerprint it)."""
+
+    def __init__(self, num_frames: int, image_size: int) -> None:
+        self.num_frames, self.image_size = num_frames, image_size
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        out = {k: v for k, v in batch.items() if k != "video"}
+        out["frames"] = [load_frames(v, self.num_frames, self.image_size).copy() for v in batch["video"]]
+        return out
+
+
+def _load_records(annotations: str | Path | Iterable[dict[str, Any]]) -> Sequence[dict[str, Any]]:
+    if not isinstance(annotations, (str, Path)):
+        records = list(annotations)
+        if not all(isinstance(r, dict) for r in records):
+            raise ValueError("`annotations` given as an iterable must yield dicts")
+        return records
+    path = Path(annotations)
+    if not path.is_file():
+        raise FileNotFoundError(f"`annotations` file {str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+    if suffix == ".jsonl":
+        with path.open(encoding="utf-8") as handle:
+            return [json.loads(line) for line in handle if line.strip()]
+    if suffix == ".json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict) and isinstance(data.get("sentences"), list):
+            return data["sentences"]
+        if isinstance(data, list):
+            return data
+        raise ValueError(f"`annotations` JSON {path} must be a list of records or have a 'sentences' list")
+    raise ValueError(f"`annotations` must be a .json, .jsonl or .csv file, got {str(path)!r}")
+
+
+def _resolve_video(video: str | None, video_id: str | None, root: Path | None) -> Path:
+    if video is not None:
+        path = Path(video)
+        return path if path.is_absolute() or root is None else root / path
+    base = root if root is not None else Path(".")
+    candidates = [base / video_id, *(base / f"{video_id}{ext}" for ext in VIDEO_EXTENSIONS)]
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"no video or frame folder for video_id {video_id!r} under {str(base)!r}")
