@@ -33,6 +33,8 @@ from .tiny_models import NUM_FRAMES, VIDEOS, frames, tiny_clip, tokens
 TUNER_CONFIGS: dict[str, Callable[[], PeftConfig]] = {
     "read": lambda: peft_video.ReadConfig(recurrence_axis="frames", num_frames=NUM_FRAMES),
     "token_mix": lambda: peft_video.TokenMixConfig(num_frames=NUM_FRAMES),
+    # ASA needs a sentence condition this generic loss cannot give: test_rap.py runs RAP with ASA under autocast
+    "rap": lambda: peft_video.RapConfig(num_frames=NUM_FRAMES, rank=2, use_asa=False),
 }
 
 
