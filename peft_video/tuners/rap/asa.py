@@ -118,7 +118,8 @@ class WarpPlan:
         own = picked[:, :, 0]
         warped = (picked[:, :, 1:] * self.weights.to(x.dtype).unsqueeze(-1)).sum(dim=2)
         replaced = own + self.gate.to(x.dtype) * (warped - own)
-        out = flat.scatter(1, self.targets.unsqueeze(-1).expand(-1, -1, dim), replaced)
+        # CUDA autocast runs `sum` in float32: bring the replacement back to the activations' dtype.
+        out = flat.scatter(1, self.targets.unsqueeze(-1).expand(-1, -1, dim), replaced.to(flat.dtype))
         return out.view_as(x)
 
 
