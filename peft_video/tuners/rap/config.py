@@ -5,10 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from peft.config import PeftConfig
-
-from ..._version import __version__
 from ...video import validate_num_frames
+from .._config import PeftVideoConfig
 
 BLOCK_PRESETS = ("all", "light")
 LIGHT_BLOCKS = 4  # RAP_light (Table 3): LoRM and ASA in the last four blocks only
@@ -20,7 +18,7 @@ def _is_positive_int(value: object) -> bool:
 
 
 @dataclass
-class RapConfig(PeftConfig):
+class RapConfig(PeftVideoConfig):
     """Configuration of a RAP adapter on a frame-wise CLIP video encoder (HF ``CLIPModel`` / ``CLIPVisionModel``,
     open_clip ``CLIP`` / ``VisionTransformer``).
 
@@ -30,6 +28,8 @@ class RapConfig(PeftConfig):
     from patch n + gamma_n of frame t + delta_t. Each text-tower self-attention gets a scale and shift of shape D
     (eq. 3). The sentence embedding is handed over with :func:`peft_video.rap_condition`.
     """
+
+    method = "rap"
 
     target_modules: list[str] | str | None = field(
         default=None,
@@ -96,15 +96,8 @@ class RapConfig(PeftConfig):
         default=None,
         metadata={"help": "Extra modules (e.g. a task head) to train and save beside the adapter."},
     )
-    peft_video_version: str = field(
-        default=__version__, metadata={"help": "peft-video version that wrote this config (informational)."}
-    )
-
     def __post_init__(self) -> None:
         super().__post_init__()
-        from ..._registry import peft_type_of
-
-        self.peft_type = peft_type_of("rap")
         validate_num_frames(self.num_frames)
         if not _is_positive_int(self.rank):
             raise ValueError(f"`rank` (LoRM temporal rank R) must be a positive integer, got {self.rank!r}")
