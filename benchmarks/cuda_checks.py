@@ -24,6 +24,7 @@ VIDEOS, FRAMES = 2, 8
 METHODS: dict[str, Callable[[], PeftConfig]] = {
     "read": lambda: peft_video.ReadConfig(recurrence_axis="frames", num_frames=FRAMES),
     "token_mix": lambda: peft_video.TokenMixConfig(num_frames=FRAMES),
+    "rap": lambda: peft_video.RapConfig(num_frames=FRAMES),  # LoRM + ASA, conditioned on the paired captions
 }
 
 
@@ -35,7 +36,11 @@ def clip_b32() -> CLIPModel:
 
 
 def video_text_loss(model: torch.nn.Module, frames: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    out = model(input_ids=input_ids, pixel_values=frames)
+    with torch.no_grad():  # the paired captions' joint embeddings: RAP's condition (ignored by other tuners)
+        text = model.get_text_features(input_ids=input_ids)
+        text = getattr(text, "pooler_output", text)
+    with peft_video.rap_condition(paired=text.float()):
+        out = model(input_ids=input_ids, pixel_values=frames)
     video = out.image_embeds.float().view(VIDEOS, FRAMES, -1).mean(1)
     return (1 - torch.nn.functional.cosine_similarity(video, out.text_embeds.float(), dim=-1)).mean()
 
@@ -78,6 +83,17 @@ def main() -> int:
             model = get_peft_model(copy.deepcopy(base).to(device, weights), make_config())
             lines.append(check(f"{method} {label}", model, autocast, frames, input_ids))
             print(lines[-1], flush=True)
+
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):  # PVLA's solver on CUDA against float64 on CPU
+        generator = torch.Generator().manual_seed(0)
+        cost = 2 * torch.rand(256, 75, 32, generator=generator, dtype=torch.float64)
+        reference = peft_video.partial_ot(cost, mass=0.5, tau=0.05, tol=1e-6, max_iter=5000).cost
+        result = peft_video.partial_ot(cost.to(device, dtype), mass=0.5, tau=0.05, max_iter=5000)
+        error = ((result.cost.double().cpu() - reference).abs() / reference).max().item()
+        limit = 1e-3 if dtype == torch.float32 else 2e-2  # half inputs are rounded before the float32 solve
+        ok = bool(torch.isfinite(result.plan).all()) and bool(result.converged.all()) and error < limit
+        lines.append(f"{'ok  ' if ok else 'FAIL'} partial_ot {str(dtype):<17} max rel. cost error {error:.1e}")
+        print(lines[-1], flush=True)
 
     torch.manual_seed(0)  # READ: cuDNN RNN against the CPU implementation, same weights, float32
     model = get_peft_model(copy.deepcopy(base), METHODS["read"]()).eval()

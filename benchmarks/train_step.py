@@ -6,7 +6,10 @@ least work any adapter inside the blocks can cost. Methods are timed in interlea
 process) and reported as ratios to the floor. Memory: bytes of tensors saved for backward plus trainable state
 (params, grads, AdamW moments), measured in-process; on CUDA also the peak allocated memory.
 
-    python benchmarks/train_step.py [--rounds 5] [--threads 2] [--device cpu|cuda] [--dtype bf16]
+    python benchmarks/train_step.py [--rounds 5] [--threads 2] [--device cpu|cuda] [--dtype bf16] [--clock process]
+
+On a CPU shared with other jobs, wall-clock ratios are noisy: ``--threads 1 --clock process`` times the CPU this
+process itself spends (immune to waiting for a core), a steadier measure of the work each step does.
 """
 
 from __future__ import annotations
@@ -47,12 +50,31 @@ def token_mix(model: nn.Module) -> nn.Module:
     return get_peft_model(model, peft_video.TokenMixConfig(num_frames=FRAMES))
 
 
+class RapConditioned(nn.Module):
+    """RAP's ASA needs each video's caption embedding in the vision forward: a fixed random one per video here."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("captions", torch.randn(VIDEOS, 512, generator=torch.Generator().manual_seed(0)))
+
+    def encode_image(self, frames: torch.Tensor) -> torch.Tensor:
+        with peft_video.rap_condition(paired=self.captions):
+            return self.model.encode_image(frames)
+
+
+def rap(model: nn.Module) -> nn.Module:
+    """LoRM + ASA in all 12 vision blocks; the text tower's scale/shift is not part of this image-only step."""
+    return RapConditioned(get_peft_model(model, peft_video.RapConfig(num_frames=FRAMES, text_modulation=False)))
+
+
 # name -> builder; every builder receives a fresh copy of the same random backbone.
 METHODS: dict[str, Callable[[nn.Module], nn.Module]] = {
     "floor": floor,
     "lora": lora,
     "read": read,
     "token_mix": token_mix,
+    "rap": rap,
 }
 
 
@@ -74,8 +96,15 @@ def saved_tensor_bytes(step: Callable[[], torch.Tensor]) -> int:
 class Runner:
     """One method's model, optimiser and training step on the shared batch."""
 
-    def __init__(self, name: str, model: nn.Module, frames: torch.Tensor, autocast_dtype: torch.dtype | None):
-        self.name, self.model, self.frames = name, model, frames
+    def __init__(
+        self,
+        name: str,
+        model: nn.Module,
+        frames: torch.Tensor,
+        autocast_dtype: torch.dtype | None,
+        clock: Callable[[], float] = time.perf_counter,
+    ):
+        self.name, self.model, self.frames, self.clock = name, model, frames, clock
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=1e-4) if self.params else None
         self.autocast_dtype = autocast_dtype
@@ -94,10 +123,10 @@ class Runner:
 
     def timed_step(self) -> None:
         synchronize(self.frames.device)
-        start = time.perf_counter()
+        start = self.clock()
         self.step()
         synchronize(self.frames.device)
-        self.times.append(time.perf_counter() - start)
+        self.times.append(self.clock() - start)
 
     def trainable_state_bytes(self) -> int:
         return sum(p.numel() * p.element_size() * 4 for p in self.params)  # param, grad, two AdamW moments
@@ -115,7 +144,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast dtype")
     parser.add_argument("--methods", nargs="*", default=list(METHODS))
+    parser.add_argument("--clock", choices=["wall", "process"], default="wall", help="process: this process's CPU time")
     args = parser.parse_args()
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
@@ -127,7 +158,7 @@ def main() -> None:
     for name in args.methods:
         torch.manual_seed(0)
         model = METHODS[name](copy.deepcopy(backbone)).to(device)
-        runners.append(Runner(name, model, frames, autocast_dtype))
+        runners.append(Runner(name, model, frames, autocast_dtype, clock))
 
     memory = {}
     for runner in runners:
@@ -148,7 +179,7 @@ def main() -> None:
     base_time = statistics.median(base.times) if base else None
     base_mem = memory["floor"][0] if base else None
     print(f"open_clip ViT-B-32 (random init), {VIDEOS} videos x {FRAMES} frames at {IMAGE}px, device={device}, "
-          f"autocast={args.dtype}, threads={args.threads}, median of {args.rounds} interleaved steps")
+          f"autocast={args.dtype}, threads={args.threads}, {args.clock} clock, median of {args.rounds} interleaved steps")
     print(f"{'method':<12}{'trainable':>12}{'step s':>10}{'x floor':>9}{'memory GB':>11}{'x floor':>9}{'cuda peak GB':>14}")
     for runner in runners:
         median = statistics.median(runner.times)

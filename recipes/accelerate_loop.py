@@ -8,8 +8,10 @@ the same everywhere. The clips are random (B, T, 3, H, W) videos with random cap
     accelerate launch --multi_gpu --num_processes 2 recipes/accelerate_loop.py        # data parallel on 2 GPUs
     accelerate launch --multi_gpu --num_processes 2 recipes/accelerate_loop.py --cpu  # 2 CPU processes over gloo
 
-The loss pulls each video's embedding (mean over its frames) towards its caption's: it is a mean over videos, so
-data parallel training on P processes equals one process on the same global batch (P * --batch_size).
+The loss pulls each video's embedding (mean over its frames) towards its caption's, plus ``--pvla_weight`` times
+PVLA between every vision block's per-frame CLS features and the paired text block's token features (attached with
+``peft_video.attach_pvla``). Both are means over videos, so data parallel training on P processes equals one process
+on the same global batch (P * --batch_size).
 """
 
 from __future__ import annotations
@@ -73,6 +75,16 @@ def alignment_loss(model: torch.nn.Module, clips: torch.Tensor, captions: torch.
     return (1 - F.cosine_similarity(video.float(), outputs.text_embeds.float(), dim=-1)).mean()
 
 
+def pvla_source(frames: int) -> peft_video.TwoTower:
+    """Every vision block's per-frame CLS features (B, T, D) against the paired text block's tokens (B, L, D)."""
+    return peft_video.TwoTower(
+        video_modules=r"vision_model\.encoder\.layers\.\d+",
+        text_modules=r"text_model\.encoder\.layers\.\d+",
+        video_transform=lambda hidden: peft_video.video.unflatten_frames(hidden[:, 0], frames),
+        text_mask=None,
+    )
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -83,6 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--videos", type=int, default=64, help="size of the random training set")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pvla_weight", type=float, default=0.1, help="weight of the PVLA term (0 switches it off)")
     parser.add_argument(
         "--mixed_precision",
         choices=["no", "fp16", "bf16"],
@@ -113,11 +126,16 @@ def main(argv: list[str] | None = None) -> dict:
     )
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
 
+    pvla = peft_video.attach_pvla(
+        model, peft_video.PVLALoss(mass=0.5, tau=0.05), pvla_source(args.frames), add_to_loss=False
+    )
     losses: list[float] = []
     model.train()
     while len(losses) < args.steps:
         for clips, captions in loader:
             loss = alignment_loss(model, clips, captions)
+            if args.pvla_weight:
+                loss = loss + args.pvla_weight * pvla.term
             accelerator.backward(loss)
             optimizer.step()
             optimizer.zero_grad()
@@ -125,6 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
             if len(losses) == args.steps:
                 break
 
+    pvla.remove()
     divergence = max_rank_divergence(accelerator, model)
     global_batch = args.batch_size * accelerator.num_processes
     report = {
@@ -140,7 +159,8 @@ def main(argv: list[str] | None = None) -> dict:
         args.output_dir,
         training_data=f"{args.videos} random {args.frames}-frame clips with random captions (recipes/accelerate_loop.py), "
         f"{args.steps} steps, global batch {global_batch}, {accelerator.mixed_precision} mixed precision",
-        metrics={"final_alignment_loss": losses[-1]},
+        metrics={"final_loss": losses[-1]},
+        pvla={"weight": args.pvla_weight, "mass": 0.5, "tau": 0.05, "layers": "all vision/text blocks"},
     )
     if accelerator.is_main_process:
         accelerator.print(

@@ -33,7 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="where save_pretrained writes the model")
     parser.add_argument("--eval-only", action="store_true", help="score the model at --output, train nothing")
     parser.add_argument("--seed", type=int, default=0, help="seed of the world and of the initialisation")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (fixed, for reproducible sums)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads; fixed so sums reproduce (1: same bits on any core count, and fastest on busy CPUs)")
     parser.add_argument("--num-images", type=int, default=16384, help="training still frames")
     parser.add_argument("--steps", type=int, default=600, help="optimizer steps")
     parser.add_argument("--batch-size", type=int, default=256)
@@ -173,6 +174,9 @@ def save(model: CLIPModel, processor: CLIPProcessor, output: Path) -> None:
     alias in 5) are what 4.x releases read (only transformers 5 is tested here).
     """
     output.mkdir(parents=True, exist_ok=True)
+    backend = processor.tokenizer.backend_tokenizer  # drop the padding state that batching left behind
+    backend.no_padding()
+    backend.no_truncation()
     model.save_pretrained(output)
     processor.save_pretrained(output)
     processor.image_processor.save_pretrained(output)

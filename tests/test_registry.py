@@ -21,8 +21,12 @@ def test_import_registers_read_with_peft():
 
 def test_registration_is_idempotent():
     before = len(PeftType.__members__)
-    assert _registry.register_method(name="read", config_cls=peft_video.ReadConfig, model_cls=peft_video.ReadModel) \
+    assert (
+        _registry.register_method(
+            name="read", config_cls=peft_video.ReadConfig, model_cls=peft_video.ReadModel
+        )
         is PeftType.PEFT_VIDEO_READ
+    )
     assert len(PeftType.__members__) == before
 
 

@@ -5,17 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from peft.config import PeftConfig
-
-from ..._version import __version__
 from ...video import validate_num_frames
+from .._config import PeftVideoConfig
 
 RNN_TYPES = ("rnn", "gru", "lstm")
 RECURRENCE_AXES = ("tokens", "frames")
 
 
 @dataclass
-class ReadConfig(PeftConfig):
+class ReadConfig(PeftVideoConfig):
     """Configuration of a READ adapter: O~ = O + GELU(RNN(O W_down)) W_up on the output O of each target FFN.
 
     ``recurrence_axis="tokens"`` runs the recurrence over the sequence of a (B, L, D) input (text tokens, or the
@@ -23,6 +21,8 @@ class ReadConfig(PeftConfig):
     encoders fed B*T frames: the (B*T, N, D) output is viewed as (B, T, N, D) and the recurrence runs over the T
     frames, separately for every token position.
     """
+
+    method = "read"
 
     target_modules: list[str] | str | None = field(
         default=None,
@@ -66,15 +66,8 @@ class ReadConfig(PeftConfig):
         default=None,
         metadata={"help": "Extra modules (e.g. a task head) to train and save beside the adapter."},
     )
-    peft_video_version: str = field(
-        default=__version__, metadata={"help": "peft-video version that wrote this config (informational)."}
-    )
-
     def __post_init__(self) -> None:
         super().__post_init__()
-        from ..._registry import peft_type_of
-
-        self.peft_type = peft_type_of("read")
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
             raise ValueError(f"`r` (READ bottleneck size k) must be a positive integer, got {self.r!r}")
         if self.rnn_type not in RNN_TYPES:

@@ -5,22 +5,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from peft.config import PeftConfig
-
-from ..._version import __version__
 from ...video import validate_num_frames
+from .._config import PeftVideoConfig
 from .blocks import FINETUNE_PARTS
 from .mixing import validate_cross_frame_weight, validate_num_prefix_tokens, validate_strategy
 
 
 @dataclass
-class TokenMixConfig(PeftConfig):
+class TokenMixConfig(PeftVideoConfig):
     """Configuration of a TokenMix adapter: cross-frame token mixing in some blocks of a frame-wise image encoder,
     trained by partial fine-tuning of those blocks (trainable copies of the chosen parts live in the adapter).
 
     The encoder sees B videos of T frames as B*T images (video-major). In every block listed in ``blocks`` each
     query of each frame attends to one key/value set built across the T frames of its video (eq. 8).
     """
+
+    method = "token_mix"
 
     num_frames: int | None = field(
         default=None,
@@ -85,15 +85,8 @@ class TokenMixConfig(PeftConfig):
             "head (the paper trains both)."
         },
     )
-    peft_video_version: str = field(
-        default=__version__, metadata={"help": "peft-video version that wrote this config (informational)."}
-    )
-
     def __post_init__(self) -> None:
         super().__post_init__()
-        from ..._registry import peft_type_of
-
-        self.peft_type = peft_type_of("token_mix")
         if self.num_frames is not None:
             validate_num_frames(self.num_frames)
         if isinstance(self.blocks, int) and not isinstance(self.blocks, bool):

@@ -1,0 +1,19 @@
+"""RAP: sparse-and-correlated adapter (LoRM + asynchronous self-attention) for CLIP text-video retrieval."""
+
+from .condition import RapCondition, rap_condition
+from .config import RapConfig
+from .layer import RapCLIPAttention, RapLayer, RapMultiheadAttention
+from .model import RAP_TARGET_MODULES, RapModel
+from .retrieval import retrieval_scores
+
+__all__ = [
+    "RAP_TARGET_MODULES",
+    "RapCLIPAttention",
+    "RapCondition",
+    "RapConfig",
+    "RapLayer",
+    "RapModel",
+    "RapMultiheadAttention",
+    "rap_condition",
+    "retrieval_scores",
+]
