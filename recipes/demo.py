@@ -14,14 +14,12 @@ never occur in the still-frame captions the tiny CLIP was pretrained on, so thei
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import time
 from pathlib import Path
 
 from transformers.utils import logging as hf_logging
 
-import peft_video
 from peft_video.tasks.report import markdown_table, write_results
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -30,15 +28,6 @@ from text_video_retrieval import build_parser, run  # noqa: E402  (the single-me
 METHODS = ("frozen", "full", "lora", "read", "rap", "token_mix", "read+pvla")
 FULL = {"train_videos": 1024, "eval_videos": 256, "max_steps": 600}
 QUICK = {"train_videos": 512, "eval_videos": 128, "max_steps": 300}
-
-
-def available(method: str) -> str | None:
-    """None if ``method`` can run in this checkout, else why not."""
-    if method == "rap" and not hasattr(peft_video, "RapConfig"):
-        return "peft_video.RapConfig is not available in this checkout"
-    if method == "read+pvla" and importlib.util.find_spec("peft_video.alignment.callback") is None:
-        return "peft_video.alignment.callback (PVLACallback) is not available in this checkout"
-    return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,10 +48,6 @@ def main(argv: list[str] | None = None) -> None:
 
     rows, start = [], time.perf_counter()
     for method in args.methods:
-        reason = available(method)
-        if reason:
-            print(f"skipping {method}: {reason}", flush=True)
-            continue
         base, pvla = (method.split("+")[0], args.pvla_weight) if "+pvla" in method else (method, 0.0)
         run_args = build_parser().parse_args([
             "--method", base, "--pvla", str(pvla), "--seed", str(args.seed), "--threads", str(args.threads),

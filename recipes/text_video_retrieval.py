@@ -23,6 +23,7 @@ import torch
 from transformers import PrinterCallback, TrainingArguments
 from transformers.utils import logging as hf_logging
 
+import peft_video
 from peft_video.data import VideoTextCollator, load_video_text_dataset, make_video_dataset
 from peft_video.tasks import (
     METHODS,
@@ -36,6 +37,7 @@ from peft_video.tasks import (
 )
 from peft_video.tasks.methods import DEFAULT_LEARNING_RATES
 from peft_video.tasks.report import write_results
+from peft_video.tasks.retrieval import pvla_source
 
 SYNTHETIC = "synthetic"
 
@@ -87,11 +89,7 @@ def load_data(args: argparse.Namespace, image_size: int) -> tuple[Any, Any]:
 
 def pvla_callback(model: torch.nn.Module, weight: float, num_frames: int) -> Any:
     """The Trainer callback adding ``weight`` x PVLA between the two CLIP towers."""
-    from peft_video.alignment import PVLALoss
-    from peft_video.alignment.callback import PVLACallback
-    from peft_video.tasks.retrieval import pvla_source
-
-    return PVLACallback(PVLALoss(), pvla_source(model, num_frames), weight=weight)
+    return peft_video.PVLACallback(peft_video.PVLALoss(), pvla_source(model, num_frames), weight=weight)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

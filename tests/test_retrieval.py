@@ -18,7 +18,6 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import CLIPModel, TrainingArguments
 
-import peft_video
 from peft_video.data import VideoTextCollator, build_tiny_clip_processor, make_video_dataset, tiny_clip_config
 from peft_video.metrics import dual_softmax, expected_ranks, rank_metrics, recall_at_k, relevance_matrix
 from peft_video.tasks import (
@@ -29,6 +28,7 @@ from peft_video.tasks import (
     VideoTextTrainer,
     embed_dataset,
     evaluate_retrieval,
+    load_clip_backbone,
     mean_pool_frames,
     prepare_model,
     retrieval_relevance,
@@ -36,7 +36,7 @@ from peft_video.tasks import (
     trainable_parameters,
 )
 from peft_video.tasks.report import markdown_table, write_results
-from tests.helpers import run_fresh
+from tests.helpers import ROOT, run_fresh
 from tests.tiny_models import tiny_clip, tiny_open_clip, tokens
 
 FRAMES = 4
@@ -200,8 +200,6 @@ def test_task_model_rejects_bad_input():
 def test_methods_make_the_right_parts_trainable():
     counts = {}
     for method in METHODS:
-        if method == "rap" and not hasattr(peft_video, "RapConfig"):
-            continue
         model = prepare_model(VideoTextRetrievalModel(tiny_clip()), method, FRAMES)
         counts[method] = trainable_parameters(model)
         names = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -209,9 +207,11 @@ def test_methods_make_the_right_parts_trainable():
             assert names and all("vision_model" in n and "lora_" in n for n in names)
         if method in ("read", "token_mix"):
             assert names and all("vision_model" in n for n in names)
+        if method == "rap":  # LoRM + ASA in the vision tower, the text scale and shift in the text tower
+            assert any("vision_model" in n for n in names) and any("text_model" in n for n in names)
     assert counts["frozen"] == 0
     assert counts["full"] == sum(p.numel() for p in tiny_clip().parameters())
-    assert 0 < counts["read"] < counts["lora"] < counts["full"]
+    assert 0 < counts["read"] < counts["lora"] < counts["full"] and 0 < counts["rap"] < counts["lora"]
     assert set(FRAME_WISE) == {"frozen", "full", "lora"}
     with pytest.raises(ValueError, match="`method` must be one of"):
         prepare_model(VideoTextRetrievalModel(tiny_clip()), "prompt", FRAMES)
@@ -227,14 +227,17 @@ def test_text_embeddings_option_trains_and_saves_the_word_table(tmp_path):
 
 def test_temporal_methods_tell_a_video_from_its_reversal():
     x = videos(2)
-    for method in ("read", "token_mix"):
+    captions = torch.randn(2, 16)
+    for method in ("read", "rap", "token_mix"):
         torch.manual_seed(0)
         model = prepare_model(VideoTextRetrievalModel(tiny_clip()), method, FRAMES)
         for p in model.parameters():  # move the adapter off its identity init
             if p.requires_grad:
                 torch.nn.init.normal_(p, std=0.2)
         with torch.no_grad():
-            assert not torch.allclose(model.encode_videos(x), model.encode_videos(x.flip(1)), atol=1e-4), method
+            forward = model.encode_videos(x, candidates=captions)
+            backward = model.encode_videos(x.flip(1), candidates=captions)
+        assert not torch.allclose(forward, backward, atol=1e-4), method
 
 
 # -- sampler, Trainer, evaluation ----------------------------------------------------------------------------------
@@ -265,10 +268,11 @@ def world():
     return processor, collator, train, test
 
 
-def test_trainer_trains_and_saves_only_the_adapter(world, tmp_path):
+@pytest.mark.parametrize("method", ["read", "rap"])
+def test_trainer_trains_and_saves_only_the_adapter(world, tmp_path, method):
     processor, collator, train, _ = world
     torch.manual_seed(0)
-    model = prepare_model(VideoTextRetrievalModel(CLIPModel(tiny_clip_config(processor))), "read", FRAMES)
+    model = prepare_model(VideoTextRetrievalModel(CLIPModel(tiny_clip_config(processor))), method, FRAMES)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     args = TrainingArguments(output_dir=str(tmp_path / "run"), per_device_train_batch_size=8, max_steps=3,
                              learning_rate=1e-2, report_to=[], use_cpu=True, remove_unused_columns=False,
@@ -280,7 +284,7 @@ def test_trainer_trains_and_saves_only_the_adapter(world, tmp_path):
     assert moved
     trainer.save_model(str(tmp_path / "adapter"))
     saved = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
-    assert saved and all("pvread_" in key for key in saved)
+    assert saved and all(f"pv{method}_" in key for key in saved)
     reloaded = PeftModel.from_pretrained(VideoTextRetrievalModel(CLIPModel(tiny_clip_config(processor))),
                                          str(tmp_path / "adapter"))
     assert isinstance(reloaded, PeftModel)
@@ -310,3 +314,56 @@ def test_report_writes_json_markdown_and_a_png(tmp_path):
     assert json.loads(paths["json"].read_text()) == rows
     with Image.open(paths["plot"]) as image:
         assert image.format == "PNG" and image.size[0] > 100
+
+
+# -- backbones and the recipe on real-style data -------------------------------------------------------------------
+
+
+def test_backbones_load_from_a_local_hf_dir_and_by_open_clip_name(tmp_path):
+    import open_clip
+
+    processor = build_tiny_clip_processor()
+    CLIPModel(tiny_clip_config(processor)).save_pretrained(tmp_path / "hf")
+    processor.save_pretrained(tmp_path / "hf")
+    hf = load_clip_backbone(str(tmp_path / "hf"))
+    assert hf.image_size == 32 and hf.tokenizer(["a red circle grows"], return_tensors="pt")["input_ids"].shape == (1, 6)
+    config = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+              "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    (tmp_path / "oc").mkdir()
+    (tmp_path / "oc" / "peft-video-tiny-test.json").write_text(json.dumps(config))
+    open_clip.add_model_config(tmp_path / "oc")
+    oc = load_clip_backbone("open_clip:peft-video-tiny-test")
+    assert oc.image_size == 32 and oc.name == "open_clip:peft-video-tiny-test"
+    text = oc.tokenizer(["a red circle grows", "a square"])
+    assert text["input_ids"].shape == (2, 16) and text["attention_mask"][1].sum() == 4  # bos, 2 words, eos
+    model = VideoTextRetrievalModel(oc.model)
+    with torch.no_grad():
+        out = model(pixel_values=videos(2), **text)
+    assert out.video_embeds.shape == (2, 16) and torch.isfinite(out.loss)
+    with pytest.raises(ValueError, match="`pretrained`"):
+        load_clip_backbone(str(tmp_path / "hf"), pretrained="openai")
+
+
+def test_recipe_trains_on_msrvtt_style_annotations(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "recipes"))
+    from text_video_retrieval import main  # the recipe script
+
+    rng = np.random.default_rng(0)
+    records = []
+    for v in range(4):
+        folder = tmp_path / "videos" / f"video{v}"
+        folder.mkdir(parents=True)
+        for f in range(6):
+            Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(folder / f"{f:03d}.png")
+        records.append({"video_id": f"video{v}", "caption": ["a red circle grows", "a blue square moves up"][v % 2]})
+    (tmp_path / "train.json").write_text(json.dumps(records))
+    (tmp_path / "test.json").write_text(json.dumps(records[:2]))
+    main(["--method", "read", "--data", str(tmp_path / "train.json"), "--eval-data", str(tmp_path / "test.json"),
+          "--video-root", str(tmp_path / "videos"), "--num-frames", str(FRAMES), "--max-steps", "2",
+          "--batch-size", "2", "--output-dir", str(tmp_path / "out"), "--quiet", "--save"])
+    row = json.loads((tmp_path / "out" / "results.json").read_text())[0]
+    assert row["method"] == "read" and row["steps"] == 2 and row["eval_videos"] == 2
+    assert "order_v2t" not in row  # real data has no order-only pairs
+    assert 0 <= row["t2v_R@1"] <= 100 and (tmp_path / "out" / "model" / "adapter_model.safetensors").is_file()

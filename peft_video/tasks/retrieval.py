@@ -10,7 +10,6 @@ in training each video on its own caption, in retrieval each video on its best-m
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -18,8 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
+from ..alignment import TwoTower
 from ..architectures import is_open_clip_model
-from ..video import use_num_frames, video_to_frame_batch
+from ..tuners.rap import rap_condition
+from ..video import unflatten_frames, use_num_frames, video_to_frame_batch
 
 MAX_LOGIT_SCALE = 100.0
 """CLIP clamps its learned logit scale (inverse temperature) at 100; so does this task's loss."""
@@ -69,18 +70,12 @@ def symmetric_info_nce(logits_per_text: torch.Tensor, positives: torch.Tensor | 
     return (text_to_video + video_to_text) / 2
 
 
-@contextlib.contextmanager
-def _condition(paired: torch.Tensor | None = None, candidates: torch.Tensor | None = None) -> Iterator[None]:
-    """RAP's sentence condition for the vision forward inside (see ``peft_video.rap_condition``)."""
-    try:
-        from ..tuners.rap import rap_condition
-    except ImportError:  # RAP not merged yet (interim)
-        rap_condition = None
-    if rap_condition is None or (paired is None and candidates is None):
-        yield
-        return
-    with rap_condition(paired, candidates=candidates):
-        yield
+def _condition(paired: torch.Tensor | None = None, candidates: torch.Tensor | None = None
+               ) -> contextlib.AbstractContextManager:
+    """RAP's sentence condition for the vision forward inside (``peft_video.rap_condition``), or nothing."""
+    if paired is None and candidates is None:
+        return contextlib.nullcontext()
+    return rap_condition(paired, candidates=candidates)
 
 
 class VideoTextRetrievalModel(nn.Module):
@@ -160,12 +155,10 @@ def _pooled(output: torch.Tensor | ModelOutput) -> torch.Tensor:
 
 
 
-def pvla_source(model: nn.Module, num_frames: int):
+def pvla_source(model: nn.Module, num_frames: int) -> TwoTower:
     """Where PVLA reads video and text from in a :class:`VideoTextRetrievalModel` (bare or under peft): every block
     of both towers, the video side as each frame's [CLS] token (B, T, D), the text side as its tokens (B, L, D)
     with the attention mask; HF CLIP's visual / text projections bring both to the joint space."""
-    from ..alignment.capture import TwoTower
-    from ..video import unflatten_frames
 
     def frame_tokens(hidden: torch.Tensor) -> torch.Tensor:
         return unflatten_frames(hidden[:, 0], num_frames)
