@@ -1,0 +1,37 @@
+"""The demo's claim, on a reduced run: frame-wise methods are at chance on order-only pairs, the temporal ones
+(READ, RAP, TokenMix) clearly above. Slow (a few minutes on 2 CPU cores): CI runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import ROOT
+
+FRAME_WISE = ("frozen", "full", "lora")
+TEMPORAL = ("read", "rap", "token_mix")
+CHANCE_BAND = 0.02  # mean pooling makes a clip and its reversal identical: exactly 50% up to rounding
+MARGIN = 0.08  # "clearly above": every temporal method beats the best frame-wise one by this much
+
+
+@pytest.mark.slow
+def test_quick_demo_separates_temporal_from_frame_wise_methods(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "recipes/demo.py", "--quick", "--output-dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+        env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = {row["method"]: row for row in json.loads((tmp_path / "results.json").read_text())}
+    assert set(FRAME_WISE + TEMPORAL) <= set(rows), sorted(rows)
+    assert (tmp_path / "accuracy_vs_params.png").is_file() and "| method |" in (tmp_path / "results.md").read_text()
+    for method in FRAME_WISE:
+        assert abs(rows[method]["order_v2t"] - 0.5) <= CHANCE_BAND, (method, rows[method]["order_v2t"])
+    best_frame_wise = max(rows[m]["order_v2t"] for m in FRAME_WISE)
+    for method in TEMPORAL:
+        assert rows[method]["order_v2t"] >= best_frame_wise + MARGIN, (method, rows[method]["order_v2t"])
+    for method in ("full", "lora", *TEMPORAL):  # training helps retrieval too
+        assert rows[method]["t2v_R@1"] > rows["frozen"]["t2v_R@1"], method
