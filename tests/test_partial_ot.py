@@ -62,14 +62,15 @@ def test_matches_pot_float64(n_v: int, n_l: int, taus: tuple[float, ...], mass: 
 
 
 def test_iterates_equal_pot_at_any_iteration_count() -> None:
-    """The two-vector form is POT's Dykstra iteration, not an approximation of it: equal after n iterations."""
+    """Unaccelerated, the two-vector form is POT's Dykstra iteration, not an approximation of it: equal after n
+    iterations."""
     g = torch.Generator().manual_seed(1)
     cost = 2 * torch.rand(7, 5, generator=g, dtype=torch.float64)
     a, b = torch.full((7,), 1 / 7, dtype=torch.float64), torch.full((5,), 1 / 5, dtype=torch.float64)
     for n in (1, 3, 10, 57):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            ours = partial_ot(cost, mass=0.6, tau=0.05, max_iter=n, tol=1e-300).plan
+            ours = partial_ot(cost, mass=0.6, tau=0.05, max_iter=n, tol=1e-300, accelerate=False).plan
         ref = ot.partial.entropic_partial_wasserstein(
             a.numpy(), b.numpy(), cost.numpy(), 0.05, 0.6, numItermax=n, stopThr=0
         )
@@ -361,3 +362,84 @@ def test_compiled_iterations_match_eager() -> None:
     compiled = partial_ot(cost, mass=0.5, tau=0.05, row_mask=row_mask, compile=True)
     torch.testing.assert_close(compiled.plan, eager.plan, atol=1e-6, rtol=0)
     assert compiled.converged.all()
+
+
+# ---------------------------------------------------------------------------------------------- acceleration
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n_v=st.integers(2, 40),
+    n_l=st.integers(2, 20),
+    mass=st.floats(0.05, 0.95),  # mass 1 runs plain Sinkhorn either way
+    tau=st.sampled_from([0.02, 0.05, 0.2]),
+    seed=st.integers(0, 2**16),
+    masked=st.booleans(),
+)
+def test_accelerated_reaches_the_plain_iterations_limit(
+    n_v: int, n_l: int, mass: float, tau: float, seed: int, masked: bool
+) -> None:
+    """Over-relaxation and Newton steps change the path, not the limit: both runs agree with each other in float64."""
+    cost = _structured(3, n_v, n_l, seed=seed)
+    row_mask = col_mask = None
+    if masked:
+        g = torch.Generator().manual_seed(seed)
+        row_mask = torch.rand(3, n_v, generator=g) < 0.7
+        col_mask = torch.rand(3, n_l, generator=g) < 0.7
+        row_mask[:, 0] = col_mask[:, 0] = True
+    kw = {
+        "mass": mass,
+        "tau": tau,
+        "tol": 1e-10,
+        "max_iter": 20000,
+        "row_mask": row_mask,
+        "col_mask": col_mask,
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # the plain iteration may crawl past max_iter
+        fast = partial_ot(cost, **kw)
+        plain = partial_ot(cost, accelerate=False, **kw)
+    done = plain.converged  # where the plain iteration gets there (degenerate 2 x 2 cases can crawl for both)
+    assert fast.converged[done].all()
+    torch.testing.assert_close(fast.plan[done], plain.plan[done], atol=1e-8, rtol=0)
+    assert (fast.residual <= plain.residual + 1e-10).all()  # and never further from it
+    assert (fast.plan.sum((-2, -1)) - mass).abs().max() < 1e-12
+
+
+def test_newton_removes_the_slow_tail() -> None:
+    """PVLA-shaped problems whose plain iteration crawls for 1000+ iterations finish in under 100 with Newton steps,
+    at the same plan (within the stopping tolerance) and with the exact total mass."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(48, 8, 96, generator=g, dtype=torch.float64)
+    rows = torch.arange(48)[:, None]
+    video = centres[rows, torch.randint(0, 8, (48, 75), generator=g)] + torch.randn(48, 75, 96, generator=g)
+    text = centres[rows, torch.randint(0, 4, (48, 32), generator=g)] + torch.randn(48, 32, 96, generator=g)
+    v, t = torch.nn.functional.normalize(video, dim=-1), torch.nn.functional.normalize(text, dim=-1)
+    cost = 1 - v @ t.mT
+    plain = partial_ot(cost, mass=0.5, max_iter=20000, accelerate=False)
+    fast = partial_ot(cost, mass=0.5, max_iter=20000)
+    assert plain.n_iter.max() >= 500 and fast.n_iter.max() <= 100
+    assert fast.n_newton.sum() > 0 and plain.n_newton.sum() == 0
+    assert fast.converged.all() and (fast.residual <= 1e-4).all()
+    rel = ((fast.reg_cost - plain.reg_cost) / plain.reg_cost).abs()
+    assert rel.max() < 5e-4
+    torch.testing.assert_close(fast.plan.sum((-2, -1)), torch.full((48,), 0.5, dtype=torch.float64))
+
+
+def test_newton_step_is_bounded_when_inactive_entries_carry_no_mass() -> None:
+    """At tiny tau the reduced Newton system is nearly singular (inactive rows hold ~0 mass): the trust region keeps
+    the steps finite and useful, float32 stays finite, and the result matches the float64 plain iteration."""
+    cost = _structured(6, 40, 16, seed=21)
+    ref = partial_ot(cost, mass=0.5, tau=0.005, tol=1e-11, max_iter=200000, accelerate=False)
+    res = partial_ot(cost.float(), mass=0.5, tau=0.005, max_iter=20000)
+    assert res.converged.all() and torch.isfinite(res.plan).all()
+    assert res.n_iter.max() < ref.n_iter.max()
+    assert ((res.reg_cost.double() - ref.reg_cost) / ref.reg_cost).abs().max() < 1e-3
+
+
+def test_differentiable_mode_runs_the_plain_iteration() -> None:
+    cost = _structured(2, 9, 5, seed=22).requires_grad_(True)
+    res = partial_ot(cost, mass=0.5, tau=0.1, differentiable=True, tol=1e-9, max_iter=5000)
+    plain = partial_ot(cost.detach(), mass=0.5, tau=0.1, accelerate=False, tol=1e-9, max_iter=5000)
+    assert (res.n_newton == 0).all() and torch.equal(res.n_iter, plain.n_iter)
+    torch.testing.assert_close(res.plan.detach(), plain.plan, atol=1e-12, rtol=0)

@@ -14,6 +14,11 @@ corrections reduce to two scaling vectors and a scalar: ``T = s diag(x) K diag(y
 i.e. two matrix-vector products per iteration, iterate-for-iterate equal to POT. For ``m = 1`` the bounds are
 dropped (``x = a / (s K y)``...): that is Sinkhorn for balanced OT, which reaches the same plan far faster than the
 clipped iteration does at ``m = 1``.
+
+For ``m < 1`` the plain iteration settles which bounds are active within a few dozen iterations and then, on some
+problems, crawls for 1000+ iterations along an ill-conditioned direction of the dual. By default the iteration is
+therefore over-relaxed for its first 50 iterations and then interleaved with safeguarded Newton steps on the dual
+(``accelerate``, see :func:`partial_ot`); the limit is the same.
 """
 
 from __future__ import annotations
@@ -38,6 +43,17 @@ _SCALING_LIMIT = {torch.float32: 40.0, torch.float64: 300.0}
 _LSE_FLOOR = {torch.float32: 50.0, torch.float64: 100.0}
 # Stands in for log(0) in the log domain: finite, so masked entries never turn into inf - inf = nan.
 _LOG_ZERO = -1e30
+# Accelerated iterations (``accelerate=True``). Over-relaxation: each scaling vector moves _OVERRELAX times its
+# Bregman step (in log space), per problem until its residual rises between two checks, then plain steps. Newton: at
+# every check from iteration _NEWTON_AFTER on, open partial problems get one safeguarded Newton step on the dual.
+_OVERRELAX = 1.7
+_NEWTON_AFTER = 50
+# Step lengths tried, per problem: the longest that lowers the dual objective is kept.
+_NEWTON_STEPS = (1.0, 0.25, 0.0625)
+# Trust region: the largest change of any log-scaling in one Newton step.
+_NEWTON_MAX_MOVE = 1.0
+# Relative diagonal ridge on the reduced Newton system (keeps Cholesky defined near singular).
+_NEWTON_RIDGE = 1e-9
 
 
 class ConvergenceWarning(UserWarning):
@@ -56,6 +72,7 @@ class PartialOTResult:
     n_iter: (...,) iterations used.
     residual: (...,) final optimality residual (marginal violation plus complementary slackness, over ``m``).
     log_domain: (...,) bool, solved in the log domain (small ``tau`` relative to the cost range).
+    n_newton: (...,) Newton steps taken (``accelerate=True`` only; 0 for problems the Bregman iterations finished).
     """
 
     plan: Tensor
@@ -65,6 +82,7 @@ class PartialOTResult:
     n_iter: Tensor
     residual: Tensor
     log_domain: Tensor
+    n_newton: Tensor
 
 
 def regularized_cost(plan: Tensor, cost: Tensor, tau: float) -> Tensor:
@@ -85,6 +103,7 @@ def partial_ot(
     col_mask: Tensor | None = None,
     differentiable: bool = False,
     log_domain: bool | None = None,
+    accelerate: bool = True,
     compile: bool = False,
 ) -> PartialOTResult:
     """Entropic partial OT plans and costs for a batch of cost matrices ``cost`` (..., N_V, N_L).
@@ -97,8 +116,9 @@ def partial_ot(
     ``[0, min(N_V, N_L)]`` is ``mass = s / min(N_V, N_L)``.
 
     ``tau`` is the entropic regularisation (paper: 0.05). Iteration stops, per problem, once the optimality
-    residual (row and column marginal violation plus complementary slackness ``|rowsum - a|`` on rows whose dual
-    is active, summed and divided by ``mass``) is at most ``tol``, checked every 10 iterations. In practice the
+    residual (row and column marginal violation, complementary slackness ``|rowsum - a|`` on rows whose dual is
+    active and total-mass violation, summed and divided by ``mass``) is at most ``tol``, checked every 10
+    iterations. In practice the
     regularised cost is then within about 1.5 * tol of its limit (relative); POT's rule, the change of the plan over
     an iteration, can instead stop on a plateau far from it. Problems still above ``tol`` after ``max_iter``
     iterations are flagged in ``converged`` and a :class:`ConvergenceWarning` is issued. Costs are shifted per
@@ -112,8 +132,17 @@ def partial_ot(
     ``differentiable=True`` autograd runs through every iteration instead (memory grows with ``n_iter``).
     ``log_domain`` forces (True) or avoids (False) the log-domain solver; None chooses per problem. A scaling-form
     plan that leaves the float range anyway is solved again in the log domain, so valid input never gives nan/inf.
-    ``compile=True`` runs the iterations through ``torch.compile`` (one compilation per process, seconds): about
-    2x faster on CPU where per-operation dispatch dominates (small batches, the slowest problems' tail).
+    ``accelerate`` (default True) reaches the same solution in far fewer iterations on partial problems
+    (``mass < 1``): for the first 50 iterations each scaling vector moves 1.7 times its Bregman step in log space
+    (over-relaxation; a problem whose residual rises between two checks goes back to plain steps), and from then on
+    every problem still open at a check gets one Newton step on the dual: the bounds currently active are held
+    fixed, the system is solved in float64 through a Schur complement, the step is limited to a change of 1 in any
+    log-scaling and kept only if it lowers the dual objective, after which the total mass is made exact again.
+    Measured on PVLA-shaped batches (``benchmarks/pvla_solver.py``), the slowest problems drop from 1000-1600
+    iterations to under 100. ``accelerate=False``, mass 1 and ``differentiable=True`` run POT's iteration exactly
+    (iterate for iterate). The stopping test and its guarantee are the same either way.
+    ``compile=True`` runs the iterations through ``torch.compile`` (a compilation per process, seconds): faster on
+    CPU, where per-operation dispatch is a large part of each iteration.
     """
     _check_scalars(tau, max_iter, tol)
     if not isinstance(cost, Tensor) or not cost.is_floating_point() or cost.ndim < 2:
@@ -154,13 +183,23 @@ def partial_ot(
             use_log = torch.full((batch,), bool(log_domain), device=device)
 
         with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
-            plan, n_iter, residual, use_log = _solve_split(
-                shifted, valid, a, b, m, tau, max_iter, tol, use_log, compile
+            plan, n_iter, residual, n_newton, use_log = _solve_split(
+                shifted,
+                valid,
+                a,
+                b,
+                m,
+                tau,
+                max_iter,
+                tol,
+                use_log,
+                accelerate and not differentiable,
+                compile,
             )
         plan = _where(valid, plan, 0.0)
         used = plan if differentiable else plan.detach()
         transport = (used * _where(valid, c_full, 0.0)).sum((-2, -1))
-        reg = transport + tau * torch.xlogy(used, used).sum((-2, -1))
+        reg = transport + tau * _neg_entropy(used)
 
     converged = residual <= tol
     if not bool(converged.all()):
@@ -178,6 +217,7 @@ def partial_ot(
         n_iter=n_iter.reshape(lead),
         residual=residual.reshape(lead),
         log_domain=use_log.reshape(lead),
+        n_newton=n_newton.reshape(lead),
     )
 
 
@@ -191,6 +231,14 @@ def _check_scalars(tau: object, max_iter: object, tol: object) -> None:
         raise ValueError(f"`max_iter` must be an integer >= 1 (paper: 1000), got {max_iter!r}")
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol <= 0:
         raise ValueError(f"`tol` must be a finite number > 0, got {tol!r}")
+
+
+def _neg_entropy(plan: Tensor) -> Tensor:
+    """``sum T log T`` over the last two dims with ``0 log 0 = 0``; without autograd ``T log max(T, tiny)``, which is
+    the same value (T < tiny contributes below tiny * 90) at a third of xlogy's CPU time."""
+    if plan.requires_grad:
+        return torch.xlogy(plan, plan).sum((-2, -1))
+    return (plan * plan.clamp_min(torch.finfo(plan.dtype).tiny).log()).sum((-2, -1))
 
 
 def _where(valid: Tensor | None, x: Tensor, fill: float) -> Tensor:
@@ -286,16 +334,18 @@ def _solve_split(
     max_iter: int,
     tol: float,
     use_log: Tensor,
+    accelerate: bool,
     compile: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Solve the scaling-domain and log-domain problems apart and put the results back in batch order.
 
     A scaling-domain plan that still left the float range is solved again in the log domain (a safety net: the
-    range / tau rule is meant to prevent it). Returns plan, n_iter, residual and the final log-domain flags.
+    range / tau rule is meant to prevent it). Returns plan, n_iter, residual, n_newton and the final log-domain flags.
     """
     batch = shifted.shape[0]
     plan = shifted.new_zeros(shifted.shape)
     n_iter = torch.zeros(batch, dtype=torch.long, device=shifted.device)
+    n_newton = torch.zeros_like(n_iter)
     res = shifted.new_zeros(batch)
     for domain in (_ScalingDomain, _LogDomain):
         chosen = ~use_log if domain is _ScalingDomain else use_log
@@ -305,27 +355,32 @@ def _solve_split(
         whole = idx.numel() == batch
         sub_valid = None if valid is None or whole else valid[idx]
         sub = (shifted, valid, a, b, m) if whole else (shifted[idx], sub_valid, a[idx], b[idx], m[idx])
-        p, n, r = _solve(domain(*sub, tau), max_iter, tol, compile)
+        p, n, r, k = _solve(domain(*sub, tau), max_iter, tol, accelerate, compile)
         if domain is _ScalingDomain:
-            bad = ~torch.isfinite(p).all(-1).all(-1)
+            bad = ~torch.isfinite(p.sum((-2, -1)))  # any nan / inf entry makes the sum non-finite
             if bool(bad.any()):
                 use_log = use_log.index_put((idx[bad],), torch.tensor(True, device=use_log.device))
         if whole:
-            plan, n_iter, res = p, n, r
+            plan, n_iter, res, n_newton = p, n, r, k
         else:
-            plan, n_iter, res = (
+            plan, n_iter, res, n_newton = (
                 plan.index_copy(0, idx, p),
                 n_iter.index_copy(0, idx, n),
                 res.index_copy(0, idx, r),
+                n_newton.index_copy(0, idx, k),
             )
-    return plan, n_iter, res, use_log
+    return plan, n_iter, res, n_newton, use_log
 
 
 # State and constants of the iteration. Vectors are kept as (B, 1, n) and scalars as (B, 1, 1) so that every
 # matrix-vector product is a plain bmm and no view is taken inside the loop (each costs dispatch time on CPU).
+# With acceleration the constants also hold ``relax_x`` / ``relax_y``: (B, 1, n) / (B, 1, p) overshoot omega - 1 of
+# each entry (0 on masked rows / columns and, once its residual has risen, on the whole problem).
 State = dict[str, Tensor]
 Step = Callable[[State, State], State]
 Marginals = Callable[[State, State], tuple[Tensor, Tensor, Tensor, Tensor]]
+# (kernel, log x, log y, log s, log upper bounds of x and y), float64, per problem: what a Newton step works on.
+LogView = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
 
 
 class _ScalingDomain:
@@ -367,8 +422,12 @@ class _ScalingDomain:
         # Row-vector-times-matrix products: on CPU, bmm is several times faster in this form than as (K @ y).
         s = st["s"]
         x = torch.minimum(c["a"] / (s * st["ky"]), c["ub"])
+        if "relax_x" in c:
+            x = _relax_scaling(x, st["x"], c["relax_x"], c["ub"])
         ktx = torch.bmm(x, c["k"])
         y = torch.minimum(c["b"] / (s * ktx), c["ub"])
+        if "relax_y" in c:
+            y = _relax_scaling(y, st["y"], c["relax_y"], c["ub"])
         s = c["m"] / torch.bmm(ktx, y.mT)
         ky = torch.bmm(y, c["kt"])
         return {"x": x, "y": y, "s": s, "ky": ky, "ktx": ktx}
@@ -386,6 +445,38 @@ class _ScalingDomain:
     @staticmethod
     def plan(st: State, c: State) -> Tensor:
         return st["s"] * st["x"].mT * c["k"] * st["y"]
+
+    @staticmethod
+    def log_view(st: State, c: State) -> LogView:
+        ub = torch.log(c["ub"][:, 0].double())
+        return (
+            c["k"].double(),
+            torch.log(st["x"][:, 0].double()),
+            torch.log(st["y"][:, 0].double()),
+            torch.log(st["s"][:, 0, 0].double()),
+            ub.expand(-1, c["a"].shape[-1]),
+            ub.expand(-1, c["b"].shape[-1]),
+        )
+
+    @staticmethod
+    def from_log(st: State, u: Tensor, v: Tensor, w: Tensor, ky: Tensor, ktx: Tensor) -> State:
+        """The state for log-scalings (u, v, w) with kernel products ``ky = K e^v`` and ``ktx = e^u K``."""
+        dt = st["x"].dtype
+        return {
+            "x": u.exp()[:, None].to(dt),
+            "y": v.exp()[:, None].to(dt),
+            "s": w.exp()[:, None, None].to(dt),
+            "ky": ky[:, None].to(dt),
+            "ktx": ktx[:, None].to(dt),
+        }
+
+
+def _relax_scaling(new: Tensor, old: Tensor, overshoot: Tensor, ub: Tensor) -> Tensor:
+    """Over-relaxed scaling ``new (1 + w (new / old - 1))``, kept <= ub: to first order in log space the same as
+    ``old^(1 - omega) new^omega`` with ``w = omega - 1`` (0 = plain step), without a pow, and >= new (1 - w) > 0.
+    ``old`` is 0 only on masked entries, whose overshoot is 0."""
+    ratio = new / old.clamp_min(torch.finfo(new.dtype).tiny)
+    return torch.minimum(torch.addcmul(new, overshoot, new * (ratio - 1)), ub)
 
 
 class _LogDomain:
@@ -429,8 +520,12 @@ class _LogDomain:
     def step(st: State, c: State) -> State:
         s = st["s"]
         x = torch.minimum(c["la"] - s - st["ky"], st["ubx"])
+        if "relax_x" in c:
+            x = _relax_log(x, st["x"], c["relax_x"], st["ubx"])
         ktx = _logsumexp(st["k"] + x.mT, -2)
         y = torch.minimum(c["lb"] - s - ktx, st["uby"])
+        if "relax_y" in c:
+            y = _relax_log(y, st["y"], c["relax_y"], st["uby"])
         s = c["lm"] - _logsumexp(ktx + y, -1)
         ky = _logsumexp(st["k"] + y, -1).mT
         return {
@@ -468,6 +563,37 @@ class _LogDomain:
     def plan(st: State, c: State) -> Tensor:
         return torch.exp(st["s"] + st["x"].mT + st["k"] + st["y"])
 
+    @staticmethod
+    def log_view(st: State, c: State) -> LogView:
+        # exp(k) is the plan's magnitude once increments are absorbed (entries <= 1); masked ones give exactly 0.
+        return (
+            torch.exp(st["k"].double()),
+            st["x"][:, 0].double(),
+            st["y"][:, 0].double(),
+            st["s"][:, 0, 0].double(),
+            st["ubx"][:, 0].double(),
+            st["uby"][:, 0].double(),
+        )
+
+    @staticmethod
+    def from_log(st: State, u: Tensor, v: Tensor, w: Tensor, ky: Tensor, ktx: Tensor) -> State:
+        dt = st["x"].dtype
+        return {
+            "k": st["k"],
+            "ubx": st["ubx"],
+            "uby": st["uby"],
+            "x": u[:, None].to(dt),
+            "y": v[:, None].to(dt),
+            "s": w[:, None, None].to(dt),
+            "ky": torch.log(ky).clamp_min(_LOG_ZERO)[:, None].to(dt),
+            "ktx": torch.log(ktx).clamp_min(_LOG_ZERO)[:, None].to(dt),
+        }
+
+
+def _relax_log(new: Tensor, old: Tensor, overshoot: Tensor, ub: Tensor) -> Tensor:
+    """Over-relaxation in log space, ``new + w (new - old)`` kept <= ub (``w = omega - 1``; 0 = plain step)."""
+    return torch.minimum(torch.addcmul(new, overshoot, new - old), ub)
+
 
 def _fresh(tensors: State) -> State:
     """The same tensors as contiguous non-views: torch.compile guards on view-ness, and compaction makes copies."""
@@ -486,12 +612,14 @@ def _logsumexp(x: Tensor, dim: int | tuple[int, ...]) -> Tensor:
 
 
 def _residual(marginals: Marginals, st: State, c: State) -> Tensor:
-    """Marginal violation plus complementary slackness (|sum - bound| where the bound's dual is active), over m."""
+    """Optimality residual over m: marginal violation, complementary slackness (|sum - bound| where the bound's dual
+    is active) and total-mass violation (zero after a Bregman step, not after a Newton step)."""
     rows, cols, row_active, col_active = marginals(st, c)
     dr, dc = rows - c["a"], cols - c["b"]
     r = torch.where(row_active, dr.abs(), dr.clamp_min(0)).sum(-1, keepdim=True)
     col = torch.where(col_active, dc.abs(), dc.clamp_min(0)).sum(-1, keepdim=True)
-    return ((r + col) / c["m"]).flatten()
+    total = (rows.sum(-1, keepdim=True) - c["m"]).abs()
+    return ((r + col + total) / c["m"]).flatten()
 
 
 def _advance(
@@ -509,14 +637,110 @@ def _compiled_advance() -> Callable[..., tuple[State, Tensor]]:
     return torch.compile(_advance, dynamic=True)
 
 
+# ----------------------------------------------------------------------------------------------------- newton
+
+
+def _newton(domain: _ScalingDomain | _LogDomain, st: State, c: State) -> tuple[State, Tensor]:
+    """One safeguarded Newton step per problem on the dual of the partial problem; returns the state and accepted.
+
+    In log-scalings (u, v, w) = (log x, log y, log s), T = e^w diag(e^u) K diag(e^v) and the dual objective to
+    minimise is ``phi = sum T - a.u - b.v - m w`` subject to ``u <= log ub``, ``v <= log ub``: its gradient is the
+    marginal violation. Newton runs on the rows and columns whose bound is active (u < bound, or a row sum above a)
+    with the others held at their bound, then clips to the bound; of the step lengths 1, 1/4, 1/16 the first that
+    lowers phi is kept (then s is rescaled to the exact total mass), and a problem with none keeps its state. float64
+    throughout.
+    """
+    kernel, u, v, w, ub_u, ub_v = domain.log_view(st, c)
+    a, b, m = c["a"][:, 0].double(), c["b"][:, 0].double(), c["m"][:, 0, 0].double()
+    real_rows, real_cols = a > 0, b > 0
+    plan = w.exp()[:, None, None] * u.exp()[:, :, None] * kernel * v.exp()[:, None, :]
+    rows, cols = plan.sum(-1), plan.sum(-2)
+    active_rows = ((u < ub_u) | (rows > a)) & real_rows
+    active_cols = ((v < ub_v) | (cols > b)) & real_cols
+    du, dv, dw, solved = _newton_direction(plan, rows, cols, a, b, m, active_rows, active_cols)
+    # Trust region: no log-scaling moves by more than _NEWTON_MAX_MOVE. With tiny tau the inactive rows / columns can
+    # carry almost no mass, the reduced system is then nearly singular and its raw step is huge.
+    largest = torch.maximum(torch.maximum(du.abs().amax(-1), dv.abs().amax(-1)), dw.abs())
+    shrink = (_NEWTON_MAX_MOVE / largest).clamp(max=1.0)
+    du, dv, dw = du * shrink[:, None], dv * shrink[:, None], dw * shrink
+
+    def objective(u: Tensor, v: Tensor, w: Tensor, total: Tensor) -> Tensor:
+        linear = torch.where(real_rows, a * u, 0.0).sum(-1) + torch.where(real_cols, b * v, 0.0).sum(-1)
+        return total - linear - m * w
+
+    best = objective(u, v, w, rows.sum(-1))
+    accepted = torch.zeros_like(solved)
+    new_u, new_v, new_w, new_ky = u, v, w, rows  # new_ky is replaced wherever a step is accepted
+    for length in _NEWTON_STEPS:
+        cu = torch.minimum(u + length * du, ub_u)
+        cv = torch.minimum(v + length * dv, ub_v)
+        cw = w + length * dw
+        ky = torch.bmm(kernel, cv.exp()[:, :, None])[..., 0]
+        value = objective(cu, cv, cw, cw.exp() * (cu.exp() * ky).sum(-1))
+        take = solved & ~accepted & torch.isfinite(value) & (value < best)
+        accepted = accepted | take
+        new_u = torch.where(take[:, None], cu, new_u)
+        new_v = torch.where(take[:, None], cv, new_v)
+        new_w = torch.where(take, cw, new_w)
+        new_ky = torch.where(take[:, None], ky, new_ky)
+    # Rescale to the exact total mass, as a Bregman step ends (the plan moves by a factor 1 +- residual).
+    new_w = new_w + torch.log(m / (new_w.exp() * (new_u.exp() * new_ky).sum(-1)))
+    ktx = torch.bmm(new_u.exp()[:, None], kernel)[:, 0]
+    stepped = domain.from_log(st, new_u, new_v, new_w, new_ky, ktx)
+    keep = {k: accepted.view(-1, *[1] * (t.ndim - 1)) for k, t in st.items()}
+    return {k: torch.where(keep[k], stepped[k], t) for k, t in st.items()}, accepted
+
+
+def _newton_direction(
+    plan: Tensor,
+    rows: Tensor,
+    cols: Tensor,
+    a: Tensor,
+    b: Tensor,
+    m: Tensor,
+    active_rows: Tensor,
+    active_cols: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Newton direction (du, dv, dw) for the equations rows = a (active rows), cols = b (active cols), total = m.
+
+    The Jacobian is the Hessian of sum T: [[diag(r), T, r], [T^T, diag(c), c], [r^T, c^T, m]] on the active
+    entries. The row block is diagonal, so it is eliminated and the (N_L + 1)-square Schur complement, positive
+    definite once some row and some column are inactive (always so at a mass < 1 solution), is solved by Cholesky.
+    Inactive entries get a unit diagonal and a zero right-hand side, i.e. no move. Also returns solved: finite.
+    """
+    n_l = cols.shape[-1]
+    fr, fc = active_rows.to(plan.dtype), active_cols.to(plan.dtype)
+    total = rows.sum(-1)
+    f_rows = (rows - a) * fr
+    f_rest = torch.cat([(cols - b) * fc, (total - m)[:, None]], -1)
+    diag_rows = torch.where(active_rows, rows, 1.0)
+    coupling = torch.cat([plan * fr[:, :, None] * fc[:, None, :], (rows * fr)[:, :, None]], -1)
+    scaled = coupling / diag_rows[:, :, None]
+    border = cols * fc
+    block = torch.diag_embed(torch.cat([torch.where(active_cols, cols, 1.0), total[:, None]], -1))
+    block[:, :n_l, n_l] = border
+    block[:, n_l, :n_l] = border
+    schur = block - coupling.mT @ scaled
+    schur = schur + _NEWTON_RIDGE * torch.diag_embed(schur.diagonal(dim1=-2, dim2=-1))
+    rhs = f_rest - (scaled.mT @ f_rows[:, :, None])[..., 0]
+    chol, info = torch.linalg.cholesky_ex(schur)
+    d_rest = torch.cholesky_solve(rhs[:, :, None], chol)[..., 0]
+    d_rows = (f_rows - (coupling @ d_rest[:, :, None])[..., 0]) / diag_rows
+    solved = (info == 0) & torch.isfinite(d_rest).all(-1) & torch.isfinite(d_rows).all(-1)
+    return -d_rows, -d_rest[:, :n_l], -d_rest[:, n_l], solved
+
+
+# ---------------------------------------------------------------------------------------------------- driver
+
+
 def _solve(
-    domain: _ScalingDomain | _LogDomain, max_iter: int, tol: float, compile: bool
-) -> tuple[Tensor, Tensor, Tensor]:
+    domain: _ScalingDomain | _LogDomain, max_iter: int, tol: float, accelerate: bool, compile: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Iterate until each problem's residual is <= tol (or max_iter), recording each problem when it first gets there.
 
     Finished problems keep iterating, unrecorded, until the working set can shrink by a quarter at once: a copy of
     the kernels per finishing problem would cost more than the spare iterations. A problem's iterates depend only
-    on itself, so its result does not depend on what else is in the batch.
+    on itself, so its result does not depend on what else is in the batch. Returns plan, n_iter, residual, n_newton.
     """
     const = domain.const
     batch = const["a"].shape[0]
@@ -525,22 +749,48 @@ def _solve(
     st = domain.init()
     idx = torch.arange(batch, device=device)  # batch index of each problem in the working set
     pending = torch.ones(batch, dtype=torch.bool, device=device)  # not yet recorded, per working problem
-    work = const
-    found: list[
-        tuple[Tensor, Tensor, Tensor, State]
-    ] = []  # (batch ids, n_iter, residual, state) of recorded ones
+    work = dict(const)
+    partial = const["m"].flatten() < 1  # acceleration is for partial problems (mass 1 runs plain Sinkhorn)
+    if accelerate and _OVERRELAX != 1:
+        overshoot = torch.where(const["m"] < 1, _OVERRELAX - 1, 0.0).to(const["m"].dtype)
+        work["relax_x"] = torch.where(const["a"] > 0, overshoot, 0.0)
+        work["relax_y"] = torch.where(const["b"] > 0, overshoot, 0.0)
+    newton_steps = torch.zeros(batch, dtype=torch.long, device=device)
+    last_res = torch.full((batch,), math.inf, dtype=const["a"].dtype, device=device)
+    # (batch ids, n_iter, residual, newton steps, state) of recorded problems
+    found: list[tuple[Tensor, Tensor, Tensor, Tensor, State]] = []
     it = 0
     while it < max_iter:
         n = min(_CHECK_EVERY, max_iter - it)
         run = advance if n == _CHECK_EVERY else _advance  # a short last chunk would only add a compilation
         st, res = run(domain.step, domain.absorb, domain.marginals, st, work, n)
         it += n
+        if accelerate:
+            if it >= _NEWTON_AFTER:  # from here on, plain steps between Newton steps
+                work.pop("relax_x", None), work.pop("relax_y", None)
+            elif (
+                "relax_x" in work
+            ):  # over-relaxation overshot where the residual rose: plain steps from now on
+                rose = (res > last_res)[:, None, None]
+                work["relax_x"] = torch.where(rose, 0.0, work["relax_x"])
+                work["relax_y"] = torch.where(rose, 0.0, work["relax_y"])
+            if it >= _NEWTON_AFTER:
+                st, res, newton_steps = _newton_open(
+                    domain, st, work, res, pending & partial & (res > tol), newton_steps
+                )
+            last_res = res
         done = pending & (res <= tol) if it < max_iter else pending
         if not bool(done.any()):
             continue
         fin = done.nonzero()[:, 0]
         found.append(
-            (idx[fin], torch.full_like(fin, it), res[fin].detach(), {k: v[fin] for k, v in st.items()})
+            (
+                idx[fin],
+                torch.full_like(fin, it),
+                res[fin].detach(),
+                newton_steps[fin],
+                {k: v[fin] for k, v in st.items()},
+            )
         )
         pending = pending & ~done
         left = int(pending.sum())
@@ -548,16 +798,32 @@ def _solve(
             break
         if left <= 0.75 * pending.numel():
             keep = pending.nonzero()[:, 0]
-            idx, pending = idx[keep], pending[keep]
+            idx, pending, partial = idx[keep], pending[keep], partial[keep]
+            newton_steps, last_res = newton_steps[keep], last_res[keep]
             st = {k: v[keep] for k, v in st.items()}
             work = {k: v[keep] for k, v in work.items()}
     order = torch.cat([f[0] for f in found])
-    final = {k: _scatter(order, [f[3][k] for f in found]) for k in found[0][3]}
+    final = {k: _scatter(order, [f[4][k] for f in found]) for k in found[0][4]}
     return (
         domain.plan(final, const),
         _scatter(order, [f[1] for f in found]),
         _scatter(order, [f[2] for f in found]),
+        _scatter(order, [f[3] for f in found]),
     )
+
+
+def _newton_open(
+    domain: _ScalingDomain | _LogDomain, st: State, c: State, res: Tensor, open_: Tensor, newton_steps: Tensor
+) -> tuple[State, Tensor, Tensor]:
+    """A Newton step for the problems in ``open_`` (the rest untouched); returns state, residual, step counts."""
+    if not bool(open_.any()):
+        return st, res, newton_steps
+    sel = open_.nonzero()[:, 0]
+    sub_c = {k: v[sel] for k, v in c.items()}
+    stepped, accepted = _newton(domain, {k: v[sel] for k, v in st.items()}, sub_c)
+    st = {k: v.index_copy(0, sel, stepped[k]) for k, v in st.items()}
+    res = res.index_copy(0, sel, _residual(domain.marginals, stepped, sub_c).to(res.dtype))
+    return st, res, newton_steps.index_add(0, sel, accepted.long())
 
 
 def _scatter(order: Tensor, parts: list[Tensor]) -> Tensor:
