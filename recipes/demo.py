@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--max-steps", type=int, default=None, help="override the steps per method")
     parser.add_argument("--pvla-weight", type=float, default=0.1, help="PVLA weight of the read+pvla row")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (1: these tiny models gain nothing from more, and lose a lot on a busy machine)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", type=Path, default=Path("outputs") / "demo")
     parser.add_argument("--progress", action="store_true", help="show per-method progress bars")

@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             max_steps=args.max_steps if args.max_steps > 0 else -1, num_train_epochs=args.epochs,
             learning_rate=lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
             lr_scheduler_type="cosine", logging_steps=max(1, args.max_steps // 10), save_strategy="no",
-            report_to=[], use_cpu=device == "cpu", remove_unused_columns=False, dataloader_drop_last=True,
+            report_to=[], use_cpu=device == "cpu", remove_unused_columns=False,
             seed=args.seed, disable_tqdm=args.quiet,
         )
         callbacks = [pvla_callback(model, args.pvla, args.num_frames)] if args.pvla else []

@@ -73,15 +73,18 @@ def plot_accuracy_vs_parameters(rows: Sequence[dict[str, Any]], path: str | Path
         draw.line([x0 - 4, y, x0, y], fill="black")
         draw.line([x0, y, x1, y], fill=(225, 225, 225))
         draw.text((x0 - 30, y - 6), f"{tick}%", fill="black", font=font)
+    has_zero = any(not r.get("trainable_params") for r in rows)
     for exponent in range(lo, hi + 1):
         x = px(10**exponent)
         draw.line([x, y0, x, y0 + 4], fill="black")
-        draw.text((x - 12, y0 + 8), f"1e{exponent}", fill="black", font=font)
+        label = "0" if exponent == lo == 0 and has_zero else f"1e{exponent}"  # 0 parameters sit at the left edge
+        draw.text((x - 12, y0 + 8), label, fill="black", font=font)
     draw.line([x0, py(0.5), x1, py(0.5)], fill=(210, 70, 40))  # order-only chance
     draw.text((x1 + 4, py(0.5) - 6), "order chance", fill=(210, 70, 40), font=font)
     draw.text((x0 + (x1 - x0) // 2 - 60, height - 28), "trainable parameters (log)", fill="black", font=font)
     if title:
         draw.text((x0, 12), title, fill="black", font=font)
+    labels: list[tuple[float, float]] = []  # where labels went, to move overlapping ones down a line
     for key, scale, _, colour in _SERIES:
         for row, count in zip(rows, counts, strict=True):
             value = row.get(key)
@@ -89,7 +92,11 @@ def plot_accuracy_vs_parameters(rows: Sequence[dict[str, Any]], path: str | Path
                 continue
             x, y = px(count), py(float(value) * scale)
             draw.ellipse([x - 5, y - 5, x + 5, y + 5], fill=colour)
-            draw.text((x + 7, y - 6), str(row.get("method", "")), fill=colour, font=font)
+            ty = y - 6
+            while any(abs(lx - x) < 60 and abs(ly - ty) < 11 for lx, ly in labels):
+                ty += 11
+            labels.append((x, ty))
+            draw.text((x + 7, ty), str(row.get("method", "")), fill=colour, font=font)
     for i, (_, _, label, colour) in enumerate(_SERIES):
         draw.ellipse([x1 + 10, y1 + 10 + 18 * i, x1 + 20, y1 + 20 + 18 * i], fill=colour)
         draw.text((x1 + 26, y1 + 9 + 18 * i), label, fill="black", font=font)
