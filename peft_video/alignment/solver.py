@@ -447,11 +447,12 @@ class _ScalingDomain:
     def init(self) -> State:
         c = self.const
         k = c["k"]
+        ky = k.sum(-1).unsqueeze(1).clone()  # (B, 1, N_V), not a view: torch.compile guards on views
         return {
             "x": torch.ones_like(c["a"]),
             "y": torch.ones_like(c["b"]),
-            "s": c["m"] / k.sum((-2, -1), keepdim=True),
-            "ky": k.sum(-1).unsqueeze(1).clone(),  # no views in the state: torch.compile guards on them
+            "s": c["m"] / ky.sum(-1, keepdim=True),
+            "ky": ky,
             "ktx": k.sum(-2, keepdim=True),
         }
 
@@ -702,38 +703,38 @@ def _newton(domain: _ScalingDomain | _LogDomain, st: State, c: State) -> tuple[S
     shrink = (_NEWTON_MAX_MOVE / largest).clamp(max=1.0)
     du, dv, dw = du * shrink[:, None], dv * shrink[:, None], dw * shrink
 
+    # All step lengths at once, as a (B, S, ...) batch of candidates: one kernel product each way for all of them.
+    lengths = torch.tensor(_NEWTON_STEPS, dtype=u.dtype, device=u.device)[None, :]
+    cu = torch.minimum(u[:, None] + lengths[..., None] * du[:, None], ub_u[:, None])
+    cv = torch.minimum(v[:, None] + lengths[..., None] * dv[:, None], ub_v[:, None])
+    cw = w[:, None] + lengths * dw[:, None]
+    eu, ev, ew = cu.exp(), cv.exp(), cw.exp()[..., None]
+    c_ky = torch.bmm(kernel, ev.mT).mT  # (B, S, N_V)
+    c_rows, c_cols = ew * eu * c_ky, ew * ev * torch.bmm(eu, kernel)
+    a_, b_, m_ = a[:, None], b[:, None], m[:, None]
+
     def objective(u: Tensor, v: Tensor, w: Tensor, total: Tensor) -> Tensor:
-        linear = torch.where(real_rows, a * u, 0.0).sum(-1) + torch.where(real_cols, b * v, 0.0).sum(-1)
-        return total - linear - m * w
+        linear = torch.where(a_ > 0, a_ * u, 0.0).sum(-1) + torch.where(b_ > 0, b_ * v, 0.0).sum(-1)
+        return total - linear - m_ * w
 
     def residual(u: Tensor, v: Tensor, rows: Tensor, cols: Tensor) -> Tensor:  # as _residual, in float64
-        dr, dc = rows - a, cols - b
-        r = torch.where(u < ub_u, dr.abs(), dr.clamp_min(0)).sum(-1)
-        col = torch.where(v < ub_v, dc.abs(), dc.clamp_min(0)).sum(-1)
-        return (r + col + (rows.sum(-1) - m).abs()) / m
+        dr, dc = rows - a_, cols - b_
+        r = torch.where(u < ub_u[:, None], dr.abs(), dr.clamp_min(0)).sum(-1)
+        col = torch.where(v < ub_v[:, None], dc.abs(), dc.clamp_min(0)).sum(-1)
+        return (r + col + (rows.sum(-1) - m_).abs()) / m_
 
-    best = objective(u, v, w, rows.sum(-1))
-    best_res = residual(u, v, rows, cols)
+    now = objective(u[:, None], v[:, None], w[:, None], rows.sum(-1, keepdim=True))
+    now_res = residual(u[:, None], v[:, None], rows[:, None], cols[:, None])
+    value = objective(cu, cv, cw, c_rows.sum(-1))
     # Near the solution phi changes by less than its rounding error: there a step that keeps phi within rounding
     # and lowers the residual counts as progress.
-    slack = 1e-12 * (best.abs() + 1)
-    accepted = torch.zeros_like(solved)
-    new_u, new_v, new_w, new_ky = u, v, w, rows  # new_ky is replaced wherever a step is accepted
-    for length in _NEWTON_STEPS:
-        cu = torch.minimum(u + length * du, ub_u)
-        cv = torch.minimum(v + length * dv, ub_v)
-        cw = w + length * dw
-        ky = torch.bmm(kernel, cv.exp()[:, :, None])[..., 0]
-        ktx = torch.bmm(cu.exp()[:, None], kernel)[:, 0]
-        c_rows, c_cols = cw.exp()[:, None] * cu.exp() * ky, cw.exp()[:, None] * cv.exp() * ktx
-        value = objective(cu, cv, cw, c_rows.sum(-1))
-        lower = (value < best) | ((value <= best + slack) & (residual(cu, cv, c_rows, c_cols) < best_res))
-        take = solved & ~accepted & torch.isfinite(value) & lower
-        accepted = accepted | take
-        new_u = torch.where(take[:, None], cu, new_u)
-        new_v = torch.where(take[:, None], cv, new_v)
-        new_w = torch.where(take, cw, new_w)
-        new_ky = torch.where(take[:, None], ky, new_ky)
+    slack = 1e-12 * (now.abs() + 1)
+    lower = (value < now) | ((value <= now + slack) & (residual(cu, cv, c_rows, c_cols) < now_res))
+    ok = solved[:, None] & torch.isfinite(value) & lower
+    accepted = ok.any(-1)
+    pick = ok.to(torch.int8).argmax(-1)  # the longest acceptable step
+    rows_b = torch.arange(u.shape[0], device=u.device)
+    new_u, new_v, new_w, new_ky = cu[rows_b, pick], cv[rows_b, pick], cw[rows_b, pick], c_ky[rows_b, pick]
     # Rescale to the exact total mass, as a Bregman step ends (the plan moves by a factor 1 +- residual).
     new_w = new_w + torch.log(m / (new_w.exp() * (new_u.exp() * new_ky).sum(-1)))
     ktx = torch.bmm(new_u.exp()[:, None], kernel)[:, 0]
