@@ -732,7 +732,7 @@ def _newton(domain: _ScalingDomain | _LogDomain, st: State, c: State) -> tuple[S
     lower = (value < now) | ((value <= now + slack) & (residual(cu, cv, c_rows, c_cols) < now_res))
     ok = solved[:, None] & torch.isfinite(value) & lower
     accepted = ok.any(-1)
-    pick = ok.to(torch.int8).argmax(-1)  # the longest acceptable step
+    pick = ok.float().argmax(-1)  # the first acceptable, i.e. the longest acceptable step
     rows_b = torch.arange(u.shape[0], device=u.device)
     new_u, new_v, new_w, new_ky = cu[rows_b, pick], cv[rows_b, pick], cw[rows_b, pick], c_ky[rows_b, pick]
     # Rescale to the exact total mass, as a Bregman step ends (the plan moves by a factor 1 +- residual).
