@@ -818,18 +818,8 @@ def _solve(
         st, res = run(domain.step, domain.absorb, domain.marginals, st, work, n)
         it += n
         if accelerate:
-            if it >= _NEWTON_AFTER:  # from here on, plain steps between Newton steps
-                work.pop("relax_x", None), work.pop("relax_y", None)
-            elif (
-                "relax_x" in work
-            ):  # over-relaxation overshot where the residual rose: plain steps from now on
-                rose = (res > last_res)[:, None, None]
-                work["relax_x"] = torch.where(rose, 0.0, work["relax_x"])
-                work["relax_y"] = torch.where(rose, 0.0, work["relax_y"])
-            if it >= _NEWTON_AFTER:
-                st, res, newton_steps = _newton_open(
-                    domain, st, work, res, pending & partial & (res > tol), newton_steps
-                )
+            open_ = pending & partial & (res > tol)
+            st, res, newton_steps = _accelerate(domain, st, work, res, last_res, it, open_, newton_steps)
             last_res = res
         done = pending & (res <= tol) if it < max_iter else pending
         if not bool(done.any()):
@@ -862,6 +852,29 @@ def _solve(
         _scatter(order, [f[2] for f in found]),
         _scatter(order, [f[3] for f in found]),
     )
+
+
+def _accelerate(
+    domain: _ScalingDomain | _LogDomain,
+    st: State,
+    work: State,
+    res: Tensor,
+    last_res: Tensor,
+    it: int,
+    open_: Tensor,
+    newton_steps: Tensor,
+) -> tuple[State, Tensor, Tensor]:
+    """At a check: stop over-relaxing problems whose residual rose; from _NEWTON_AFTER on, plain steps only and a
+    Newton step for every open partial problem. Updates ``work`` in place; returns state, residual, step counts."""
+    if it >= _NEWTON_AFTER:
+        work.pop("relax_x", None)
+        work.pop("relax_y", None)
+        return _newton_open(domain, st, work, res, open_, newton_steps)
+    if "relax_x" in work:
+        rose = (res > last_res)[:, None, None]
+        work["relax_x"] = torch.where(rose, 0.0, work["relax_x"])
+        work["relax_y"] = torch.where(rose, 0.0, work["relax_y"])
+    return st, res, newton_steps
 
 
 def _newton_open(
