@@ -129,3 +129,27 @@ def test_callback_rejects_bad_arguments() -> None:
         PVLACallback(torch.nn.MSELoss(), SOURCE)
     with pytest.raises(ValueError, match="`source` must be a TwoTower or SingleStream"):
         PVLACallback(PVLALoss(), {"video_modules": "x"})
+
+
+def test_trainer_records_the_pvla_settings_in_the_adapter_card(tmp_path) -> None:
+    """On a peft model the callback fills the card's PVLA section; settings recorded by the user win."""
+    from huggingface_hub import ModelCard
+    from peft import get_peft_model
+
+    import peft_video
+    from peft_video.integrations import get_card_info, set_card_info
+
+    torch.manual_seed(0)
+    model = get_peft_model(tiny_clip(), peft_video.ReadConfig(r=4, recurrence_axis="tokens"))
+    loss = PVLALoss(mass=0.4)
+    _trainer(model, [PVLACallback(loss, SOURCE, weight=0.25)], tmp_path, max_steps=2).train()
+    recorded = get_card_info(model).pvla
+    assert recorded["weight"] == 0.25 and recorded["mass"] == 0.4 and recorded["source"] == "TwoTower"
+    assert recorded["video_modules"] == SOURCE.video_modules
+    model.save_pretrained(tmp_path / "adapter")
+    text = ModelCard.load(tmp_path / "adapter" / "README.md").text
+    assert "| `weight` | `0.25` |" in text and "| `mass` | `0.4` |" in text
+
+    set_card_info(model, pvla={"weight": 9.0})
+    _trainer(model, [PVLACallback(loss, SOURCE, weight=0.25)], tmp_path, max_steps=1).train()
+    assert get_card_info(model).pvla == {"weight": 9.0}

@@ -14,6 +14,7 @@ from typing import Any
 from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from ..integrations.card_info import get_card_info, set_card_info, unwrap_peft_model
 from .capture import PVLAAttachment, SingleStream, TwoTower, check_weight
 from .pvla import PVLALoss
 
@@ -27,7 +28,9 @@ class PVLACallback(TrainerCallback):
     ``compute_loss_func`` the Trainer recomputes the loss from logits and would drop the term. ``logs["pvla"]`` is
     the unweighted term; ``state.log_history`` gets it too, and so do callbacks registered after this one (the
     console printer; report integrations such as TensorBoard run earlier and do not see it). Call :meth:`remove` if
-    training stops with an exception, as ``on_train_end`` then never runs.
+    training stops with an exception, as ``on_train_end`` then never runs. On a peft model the settings (weight,
+    loss settings, where the representations come from) are recorded for the adapter's model card at train begin,
+    unless ``set_card_info(model, pvla=...)`` recorded some already.
     """
 
     def __init__(
@@ -71,6 +74,25 @@ class PVLACallback(TrainerCallback):
                 stacklevel=2,
             )
         self.attach(model)
+        self._record_card_info(model)
+
+    def card_settings(self) -> dict[str, Any]:
+        """What the model card's PVLA section lists: weight, the loss's settings and the representation source."""
+        source = self.source
+        if isinstance(source, TwoTower):
+            where = {"video_modules": source.video_modules, "text_modules": source.text_modules}
+        else:
+            where = {"modules": source.modules}
+        described = {k: v if isinstance(v, str) else list(v) for k, v in where.items()}
+        return {"weight": self.weight, **self.loss.settings(), "source": type(source).__name__, **described}
+
+    def _record_card_info(self, model: nn.Module) -> None:
+        try:
+            peft_model = unwrap_peft_model(model)
+        except TypeError:
+            return  # not a peft model: no adapter card to fill
+        if get_card_info(peft_model).pvla is None:
+            set_card_info(peft_model, pvla=self.card_settings())
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any

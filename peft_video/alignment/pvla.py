@@ -77,6 +77,16 @@ class PVLALoss(nn.Module):
         self.distance, self.differentiable, self.compile = distance, differentiable, compile
         self.last_result: PartialOTResult | None = None  # diagnostics (plan, convergence) of the last call
 
+    def settings(self) -> dict[str, object]:
+        """The loss's settings, as recorded in a trained adapter's model card."""
+        return {
+            "distance": self.distance,
+            "mass": self.mass,
+            "tau": self.tau,
+            "max_iter": self.max_iter,
+            "tol": self.tol,
+        }
+
     def extra_repr(self) -> str:
         return f"distance={self.distance!r}, mass={self.mass}, tau={self.tau}, max_iter={self.max_iter}"
 
