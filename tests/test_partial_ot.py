@@ -457,3 +457,17 @@ def test_problems_acceleration_leaves_open_are_solved_again_plainly() -> None:
         plain = partial_ot(cost, accelerate=False, **kw)
     assert res.converged.all() and res.n_iter.item() > 3000  # the accelerated run used its budget, then plain
     torch.testing.assert_close(res.plan, plain.plan, atol=0, rtol=0)
+
+
+def test_float64_input_is_finished_and_checked_in_float64() -> None:
+    """Accelerated float64 problems iterate in float32 first; the plan, its mass and the stopping test are float64."""
+    cost = _structured(8, 30, 12, seed=23)
+    res = partial_ot(cost, mass=0.6, tau=0.05, tol=1e-9, max_iter=20000)
+    plain = partial_ot(cost, mass=0.6, tau=0.05, tol=1e-9, max_iter=20000, accelerate=False)
+    assert res.plan.dtype == torch.float64 and res.converged.all()
+    a, b = torch.full((30,), 1 / 30, dtype=torch.float64), torch.full((12,), 1 / 12, dtype=torch.float64)
+    rows, cols = res.plan.sum(-1), res.plan.sum(-2)
+    violation = ((rows - a).clamp_min(0).sum(-1) + (cols - b).clamp_min(0).sum(-1)) / 0.6
+    assert (violation <= 1e-9).all()  # far below float32's precision: the float64 phase did the finishing
+    torch.testing.assert_close(rows.sum(-1), torch.full((8,), 0.6, dtype=torch.float64), atol=1e-14, rtol=0)
+    torch.testing.assert_close(res.plan, plain.plan, atol=1e-8, rtol=0)

@@ -141,7 +141,8 @@ def partial_ot(
     Measured on PVLA-shaped batches (``benchmarks/pvla_solver.py``), the slowest problems drop from 1000-1600
     iterations to under 100. Problems the accelerated run leaves above ``tol`` are solved again with the plain
     iteration, whose result is kept where it is closer (``n_iter`` then counts both runs, up to 2 * ``max_iter``):
-    acceleration never ends further from the solution than POT's iteration. ``accelerate=False``, mass 1 and
+    acceleration never ends further from the solution than POT's iteration. Accelerated float64 problems in the
+    scaling domain iterate in float32 first (to ``tol / 2``) and finish in float64, where the stopping test is made. ``accelerate=False``, mass 1 and
     ``differentiable=True`` run POT's iteration exactly (iterate for iterate). The stopping test and its guarantee
     are the same either way.
     ``compile=True`` runs the iterations through ``torch.compile`` (a compilation per process, seconds): faster on
@@ -358,7 +359,10 @@ def _solve_split(
         whole = idx.numel() == batch
         sub_valid = None if valid is None or whole else valid[idx]
         sub = (shifted, valid, a, b, m) if whole else (shifted[idx], sub_valid, a[idx], b[idx], m[idx])
-        p, n, r, k = _solve(domain(*sub, tau), max_iter, tol, accelerate, compile)
+        if domain is _ScalingDomain and accelerate and shifted.dtype == torch.float64:
+            p, n, r, k = _solve_float64_via_float32(sub, tau, max_iter, tol, compile)
+        else:
+            p, n, r, k, _ = _solve(domain(*sub, tau), max_iter, tol, accelerate, compile)
         if accelerate:
             p, n, r, k = _retry_plain(domain, sub, tau, max_iter, tol, compile, (p, n, r, k))
         if domain is _ScalingDomain:
@@ -375,6 +379,39 @@ def _solve_split(
                 n_newton.index_copy(0, idx, k),
             )
     return plan, n_iter, res, n_newton, use_log
+
+
+def _solve_float64_via_float32(
+    sub: tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor],
+    tau: float,
+    max_iter: int,
+    tol: float,
+    compile: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Scaling-domain float64 problems: iterate in float32 to ``tol / 2`` (at least 1e-6), then go on in float64
+    from there until the float64 residual is <= ``tol``; n_iter and n_newton count both phases.
+
+    Each iteration is two memory-bound matrix-vector products, so float32 halves its cost; the float64 phase starts
+    next to the solution (often already within ``tol``, at most a few Newton steps for tight ``tol``), and the
+    stopping test is the float64 one. Problems whose cost range / tau exceeds float32's scaling limit skip the
+    float32 phase.
+    """
+    shifted, valid, a, b, m = sub
+    domain64 = _ScalingDomain(shifted, valid, a, b, m, tau)
+    fits = shifted.amax((-2, -1)) / tau <= _SCALING_LIMIT[torch.float32]
+    if not bool(fits.all()):
+        p, n, r, k, _ = _solve(domain64, max_iter, tol, True, compile)
+        return p, n, r, k
+    f32 = torch.float32
+    domain32 = _ScalingDomain(shifted.to(f32), valid, a.to(f32), b.to(f32), m.to(f32), tau)
+    _, n32, _, k32, st32 = _solve(domain32, max_iter, max(tol / 2, 1e-6), True, compile)
+    c64 = domain64.const
+    x, y = st32["x"].double(), st32["y"].double()
+    ktx = torch.bmm(x, c64["k"])
+    s = c64["m"] / torch.bmm(ktx, y.mT)  # the float64 s-update: total mass exactly m again
+    start = {"x": x, "y": y, "s": s, "ky": torch.bmm(y, c64["kt"]), "ktx": ktx}
+    p, n, r, k, _ = _solve(domain64, max_iter, tol, True, compile, start=start)
+    return p, n + n32, r, k + k32
 
 
 def _retry_plain(
@@ -399,7 +436,7 @@ def _retry_plain(
     idx = open_.nonzero()[:, 0]
     shifted, valid, a, b, m = sub
     again = (shifted[idx], None if valid is None else valid[idx], a[idx], b[idx], m[idx])
-    p, n, r, _ = _solve(domain(*again, tau), max_iter, tol, False, compile)
+    p, n, r, _, _ = _solve(domain(*again, tau), max_iter, tol, False, compile)
     better = r < res[idx]
     pick = idx[better]
     return (
@@ -786,19 +823,25 @@ def _newton_direction(
 
 
 def _solve(
-    domain: _ScalingDomain | _LogDomain, max_iter: int, tol: float, accelerate: bool, compile: bool
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    domain: _ScalingDomain | _LogDomain,
+    max_iter: int,
+    tol: float,
+    accelerate: bool,
+    compile: bool,
+    start: State | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, State]:
     """Iterate until each problem's residual is <= tol (or max_iter), recording each problem when it first gets there.
 
     Finished problems keep iterating, unrecorded, until the working set can shrink by a quarter at once: a copy of
     the kernels per finishing problem would cost more than the spare iterations. A problem's iterates depend only
-    on itself, so its result does not depend on what else is in the batch. Returns plan, n_iter, residual, n_newton.
+    on itself, so its result does not depend on what else is in the batch. ``start``: a state to begin from (checked
+    before any iteration). Returns plan, n_iter, residual, n_newton and the final state.
     """
     const = domain.const
     batch = const["a"].shape[0]
     device = const["a"].device
     advance = _compiled_advance() if compile else _advance
-    st = domain.init()
+    st = domain.init() if start is None else start
     idx = torch.arange(batch, device=device)  # batch index of each problem in the working set
     pending = torch.ones(batch, dtype=torch.bool, device=device)  # not yet recorded, per working problem
     work = dict(const)
@@ -812,11 +855,18 @@ def _solve(
     # (batch ids, n_iter, residual, newton steps, state) of recorded problems
     found: list[tuple[Tensor, Tensor, Tensor, Tensor, State]] = []
     it = 0
+    check_start = start is not None
     while it < max_iter:
-        n = min(_CHECK_EVERY, max_iter - it)
-        run = advance if n == _CHECK_EVERY else _advance  # a short last chunk would only add a compilation
-        st, res = run(domain.step, domain.absorb, domain.marginals, st, work, n)
-        it += n
+        if check_start:  # a given start may already be converged: check it before iterating
+            check_start = False
+            res = _residual(domain.marginals, st, work)
+        else:
+            n = min(_CHECK_EVERY, max_iter - it)
+            run = (
+                advance if n == _CHECK_EVERY else _advance
+            )  # a short last chunk would only add a compilation
+            st, res = run(domain.step, domain.absorb, domain.marginals, st, work, n)
+            it += n
         if accelerate:
             open_ = pending & partial & (res > tol)
             st, res, newton_steps = _accelerate(domain, st, work, res, last_res, it, open_, newton_steps)
@@ -851,6 +901,7 @@ def _solve(
         _scatter(order, [f[1] for f in found]),
         _scatter(order, [f[2] for f in found]),
         _scatter(order, [f[3] for f in found]),
+        final,
     )
 
 
