@@ -471,3 +471,20 @@ def test_float64_input_is_finished_and_checked_in_float64() -> None:
     assert (violation <= 1e-9).all()  # far below float32's precision: the float64 phase did the finishing
     torch.testing.assert_close(rows.sum(-1), torch.full((8,), 0.6, dtype=torch.float64), atol=1e-14, rtol=0)
     torch.testing.assert_close(res.plan, plain.plan, atol=1e-8, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("tau", [0.05, 0.01])
+def test_reg_cost_is_the_regularised_value_of_the_returned_plan(dtype: torch.dtype, tau: float) -> None:
+    """reg_cost's entropy comes from the solver's log-plan (no log of the plan): it equals <T, C> + tau sum T log T
+    of the returned plan, with masks, in both domains."""
+    cost = _structured(6, 20, 9, seed=24).to(dtype)
+    row_mask = torch.ones(6, 20, dtype=torch.bool)
+    row_mask[::2, 15:] = False
+    for mass in (0.5, 1.0):
+        res = partial_ot(cost, mass=mass, tau=tau, row_mask=row_mask, max_iter=20000)
+        plan = res.plan.double()
+        direct = regularized_cost(plan, torch.where(row_mask[:, :, None], cost.double(), 0.0), tau)
+        # relative to the transport cost: the regularised value itself can be near 0 (the two terms cancel)
+        rel = ((res.reg_cost.double() - direct) / res.cost.double()).abs().max()
+        assert rel < (1e-6 if dtype == torch.float32 else 1e-13)

@@ -28,6 +28,7 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -187,7 +188,7 @@ def partial_ot(
             use_log = torch.full((batch,), bool(log_domain), device=device)
 
         with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
-            plan, n_iter, residual, n_newton, use_log = _solve_split(
+            solved, use_log = _solve_split(
                 shifted,
                 valid,
                 a,
@@ -200,10 +201,12 @@ def partial_ot(
                 accelerate and not differentiable,
                 compile,
             )
+        plan, n_iter, residual, n_newton = solved.plan, solved.n_iter, solved.residual, solved.n_newton
         plan = _where(valid, plan, 0.0)
         used = plan if differentiable else plan.detach()
         transport = (used * _where(valid, c_full, 0.0)).sum((-2, -1))
-        reg = transport + tau * _neg_entropy(used)
+        neg_entropy = torch.xlogy(used, used).sum((-2, -1)) if differentiable else solved.neg_entropy
+        reg = transport + tau * neg_entropy
 
     converged = residual <= tol
     if not bool(converged.all()):
@@ -235,14 +238,6 @@ def _check_scalars(tau: object, max_iter: object, tol: object) -> None:
         raise ValueError(f"`max_iter` must be an integer >= 1 (paper: 1000), got {max_iter!r}")
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol <= 0:
         raise ValueError(f"`tol` must be a finite number > 0, got {tol!r}")
-
-
-def _neg_entropy(plan: Tensor) -> Tensor:
-    """``sum T log T`` over the last two dims with ``0 log 0 = 0``; without autograd ``T log max(T, tiny)``, which is
-    the same value (T < tiny contributes below tiny * 90) at a third of xlogy's CPU time."""
-    if plan.requires_grad:
-        return torch.xlogy(plan, plan).sum((-2, -1))
-    return (plan * plan.clamp_min(torch.finfo(plan.dtype).tiny).log()).sum((-2, -1))
 
 
 def _where(valid: Tensor | None, x: Tensor, fill: float) -> Tensor:
@@ -328,6 +323,20 @@ def _mass(mass: float | Tensor, lead: tuple[int, ...], dtype: torch.dtype, devic
 # ------------------------------------------------------------------------------------------------ iteration
 
 
+class _Solved(NamedTuple):
+    """Per-problem results of one solve, in the order of the problems it was given."""
+
+    plan: Tensor
+    n_iter: Tensor
+    residual: Tensor
+    n_newton: Tensor
+    neg_entropy: Tensor  # sum T log T of the plan, from the domain's own log-plan (no log of the plan taken)
+
+    def put(self, idx: Tensor, part: _Solved) -> _Solved:
+        """These results with problems ``idx`` replaced by ``part``'s."""
+        return _Solved(*(t.index_copy(0, idx, p) for t, p in zip(self, part, strict=True)))
+
+
 def _solve_split(
     shifted: Tensor,
     valid: Tensor | None,
@@ -340,17 +349,17 @@ def _solve_split(
     use_log: Tensor,
     accelerate: bool,
     compile: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[_Solved, Tensor]:
     """Solve the scaling-domain and log-domain problems apart and put the results back in batch order.
 
     A scaling-domain plan that still left the float range is solved again in the log domain (a safety net: the
-    range / tau rule is meant to prevent it). Returns plan, n_iter, residual, n_newton and the final log-domain flags.
+    range / tau rule is meant to prevent it). Returns the results and the final log-domain flags.
     """
     batch = shifted.shape[0]
-    plan = shifted.new_zeros(shifted.shape)
-    n_iter = torch.zeros(batch, dtype=torch.long, device=shifted.device)
-    n_newton = torch.zeros_like(n_iter)
-    res = shifted.new_zeros(batch)
+    n_zeros = torch.zeros(batch, dtype=torch.long, device=shifted.device)
+    out = _Solved(
+        shifted.new_zeros(shifted.shape), n_zeros, shifted.new_zeros(batch), n_zeros, shifted.new_zeros(batch)
+    )
     for domain in (_ScalingDomain, _LogDomain):
         chosen = ~use_log if domain is _ScalingDomain else use_log
         if not bool(chosen.any()):
@@ -360,25 +369,17 @@ def _solve_split(
         sub_valid = None if valid is None or whole else valid[idx]
         sub = (shifted, valid, a, b, m) if whole else (shifted[idx], sub_valid, a[idx], b[idx], m[idx])
         if domain is _ScalingDomain and accelerate and shifted.dtype == torch.float64:
-            p, n, r, k = _solve_float64_via_float32(sub, tau, max_iter, tol, compile)
+            solved = _solve_float64_via_float32(sub, tau, max_iter, tol, compile)
         else:
-            p, n, r, k, _ = _solve(domain(*sub, tau), max_iter, tol, accelerate, compile)
+            solved = _solve(domain(*sub, tau), max_iter, tol, accelerate, compile)[0]
         if accelerate:
-            p, n, r, k = _retry_plain(domain, sub, tau, max_iter, tol, compile, (p, n, r, k))
+            solved = _retry_plain(domain, sub, tau, max_iter, tol, compile, solved)
         if domain is _ScalingDomain:
-            bad = ~torch.isfinite(p.sum((-2, -1)))  # any nan / inf entry makes the sum non-finite
+            bad = ~torch.isfinite(solved.plan.sum((-2, -1)))  # any nan / inf entry makes the sum non-finite
             if bool(bad.any()):
                 use_log = use_log.index_put((idx[bad],), torch.tensor(True, device=use_log.device))
-        if whole:
-            plan, n_iter, res, n_newton = p, n, r, k
-        else:
-            plan, n_iter, res, n_newton = (
-                plan.index_copy(0, idx, p),
-                n_iter.index_copy(0, idx, n),
-                res.index_copy(0, idx, r),
-                n_newton.index_copy(0, idx, k),
-            )
-    return plan, n_iter, res, n_newton, use_log
+        out = solved if whole else out.put(idx, solved)
+    return out, use_log
 
 
 def _solve_float64_via_float32(
@@ -387,7 +388,7 @@ def _solve_float64_via_float32(
     max_iter: int,
     tol: float,
     compile: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> _Solved:
     """Scaling-domain float64 problems: iterate in float32 to ``tol / 2`` (at least 1e-6), then go on in float64
     from there until the float64 residual is <= ``tol``; n_iter and n_newton count both phases.
 
@@ -400,18 +401,17 @@ def _solve_float64_via_float32(
     domain64 = _ScalingDomain(shifted, valid, a, b, m, tau)
     fits = shifted.amax((-2, -1)) / tau <= _SCALING_LIMIT[torch.float32]
     if not bool(fits.all()):
-        p, n, r, k, _ = _solve(domain64, max_iter, tol, True, compile)
-        return p, n, r, k
+        return _solve(domain64, max_iter, tol, True, compile)[0]
     f32 = torch.float32
     domain32 = _ScalingDomain(shifted.to(f32), valid, a.to(f32), b.to(f32), m.to(f32), tau)
-    _, n32, _, k32, st32 = _solve(domain32, max_iter, max(tol / 2, 1e-6), True, compile)
+    first, st32 = _solve(domain32, max_iter, max(tol / 2, 1e-6), True, compile, with_plan=False)
     c64 = domain64.const
     x, y = st32["x"].double(), st32["y"].double()
     ktx = torch.bmm(x, c64["k"])
     s = c64["m"] / torch.bmm(ktx, y.mT)  # the float64 s-update: total mass exactly m again
     start = {"x": x, "y": y, "s": s, "ky": torch.bmm(y, c64["kt"]), "ktx": ktx}
-    p, n, r, k, _ = _solve(domain64, max_iter, tol, True, compile, start=start)
-    return p, n + n32, r, k + k32
+    second = _solve(domain64, max_iter, tol, True, compile, start=start)[0]
+    return second._replace(n_iter=second.n_iter + first.n_iter, n_newton=second.n_newton + first.n_newton)
 
 
 def _retry_plain(
@@ -421,30 +421,25 @@ def _retry_plain(
     max_iter: int,
     tol: float,
     compile: bool,
-    result: tuple[Tensor, Tensor, Tensor, Tensor],
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    solved: _Solved,
+) -> _Solved:
     """Safety net for acceleration: problems it left above ``tol`` are solved again with POT's plain iteration, whose
     result replaces the accelerated one where its residual is lower (n_iter then counts both runs).
 
     Seen on degenerate problems (the mass a whole number of saturated rows, tau ~0.005, tol ~1e-11): early Newton
     steps can leave a row deep in its active set, from where the plain steps crawl back for 10^4+ iterations.
     """
-    plan, n_iter, res, n_newton = result
-    open_ = res > tol
+    open_ = solved.residual > tol
     if not bool(open_.any()):
-        return result
+        return solved
     idx = open_.nonzero()[:, 0]
     shifted, valid, a, b, m = sub
     again = (shifted[idx], None if valid is None else valid[idx], a[idx], b[idx], m[idx])
-    p, n, r, _, _ = _solve(domain(*again, tau), max_iter, tol, False, compile)
-    better = r < res[idx]
-    pick = idx[better]
-    return (
-        plan.index_copy(0, pick, p[better]),
-        n_iter.index_add(0, idx, n),
-        res.index_copy(0, pick, r[better]),
-        n_newton,
-    )
+    plain = _solve(domain(*again, tau), max_iter, tol, False, compile)[0]
+    better = plain.residual < solved.residual[idx]
+    counted = solved._replace(n_iter=solved.n_iter.index_add(0, idx, plain.n_iter))
+    kept = plain._replace(n_iter=counted.n_iter[idx], n_newton=solved.n_newton[idx])
+    return counted.put(idx[better], _Solved(*(t[better] for t in kept)))
 
 
 # State and constants of the iteration. Vectors are kept as (B, 1, n) and scalars as (B, 1, 1) so that every
@@ -468,6 +463,7 @@ class _ScalingDomain:
         self, shifted: Tensor, valid: Tensor | None, a: Tensor, b: Tensor, m: Tensor, tau: float
     ) -> None:
         k = torch.exp(shifted / -tau)
+        self.shifted, self.tau = shifted, tau  # for the entropy: log K = -shifted / tau, no log needed
         ub = torch.where(m < 1, 1.0, math.inf).to(m.dtype)
         kt = k.mT.contiguous()  # K^T stored once: a transposed view costs a dispatch per iteration
         self.const: State = _fresh(
@@ -521,6 +517,14 @@ class _ScalingDomain:
     @staticmethod
     def plan(st: State, c: State) -> Tensor:
         return st["s"] * st["x"].mT * c["k"] * st["y"]
+
+    def neg_entropy(self, st: State, c: State, plan: Tensor) -> Tensor:
+        """``sum T log T`` from log T = log s + log x_i + log y_j - shifted_ij / tau: one pass over the plan, no log
+        of it (0 log 0 = 0 on masked rows and columns)."""
+        rows, cols = st["s"] * st["x"] * st["ky"], st["s"] * st["y"] * st["ktx"]
+        scalings = rows.sum(-1) * st["s"][..., 0].log() + torch.xlogy(rows, st["x"]).sum(-1)
+        scalings = scalings + torch.xlogy(cols, st["y"]).sum(-1)
+        return scalings[:, 0] - (plan * self.shifted).sum((-2, -1)) / self.tau
 
     @staticmethod
     def log_view(st: State, c: State) -> LogView:
@@ -638,6 +642,11 @@ class _LogDomain:
     @staticmethod
     def plan(st: State, c: State) -> Tensor:
         return torch.exp(st["s"] + st["x"].mT + st["k"] + st["y"])
+
+    @staticmethod
+    def neg_entropy(st: State, c: State, plan: Tensor) -> Tensor:
+        """``sum T log T`` from the log-plan itself (masked entries: T = 0 times a finite log-zero)."""
+        return (plan * (st["s"] + st["x"].mT + st["k"] + st["y"])).sum((-2, -1))
 
     @staticmethod
     def log_view(st: State, c: State) -> LogView:
@@ -829,13 +838,14 @@ def _solve(
     accelerate: bool,
     compile: bool,
     start: State | None = None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, State]:
+    with_plan: bool = True,
+) -> tuple[_Solved, State]:
     """Iterate until each problem's residual is <= tol (or max_iter), recording each problem when it first gets there.
 
     Finished problems keep iterating, unrecorded, until the working set can shrink by a quarter at once: a copy of
     the kernels per finishing problem would cost more than the spare iterations. A problem's iterates depend only
     on itself, so its result does not depend on what else is in the batch. ``start``: a state to begin from (checked
-    before any iteration). Returns plan, n_iter, residual, n_newton and the final state.
+    before any iteration). Returns the results (without plan and entropy unless ``with_plan``) and the final state.
     """
     const = domain.const
     batch = const["a"].shape[0]
@@ -896,13 +906,16 @@ def _solve(
             work = {k: v[keep] for k, v in work.items()}
     order = torch.cat([f[0] for f in found])
     final = {k: _scatter(order, [f[4][k] for f in found]) for k in found[0][4]}
-    return (
-        domain.plan(final, const),
+    plan = domain.plan(final, const) if with_plan else const["a"].new_empty(0)
+    neg_entropy = domain.neg_entropy(final, const, plan) if with_plan else const["a"].new_empty(0)
+    solved = _Solved(
+        plan,
         _scatter(order, [f[1] for f in found]),
         _scatter(order, [f[2] for f in found]),
         _scatter(order, [f[3] for f in found]),
-        final,
+        neg_entropy,
     )
+    return solved, final
 
 
 def _accelerate(
