@@ -1,0 +1,284 @@
+"""The partial-OT iteration's two state representations (scaling and log domain): one Bregman step each, their
+marginals, plans and entropies, and the optimality residual every stopping test uses."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+# Largest (cost range / tau) for which the scaling form stays inside the dtype's exponent range: the iterates reach
+# about exp(+-range / tau) and K y multiplies two such factors (float32 underflows near exp(-87), float64 exp(-708)).
+_SCALING_LIMIT = {torch.float32: 40.0, torch.float64: 300.0}
+# exp(-floor) is far below the dtype's epsilon, so clamping log-sum-exp terms there leaves the sum unchanged.
+_LSE_FLOOR = {torch.float32: 50.0, torch.float64: 100.0}
+# Stands in for log(0) in the log domain: finite, so masked entries never turn into inf - inf = nan.
+_LOG_ZERO = -1e30
+
+
+def _where(valid: Tensor | None, x: Tensor, fill: float) -> Tensor:
+    """``x`` where ``valid`` (None: everywhere), else ``fill``."""
+    return x if valid is None else torch.where(valid, x, fill)
+
+
+# State and constants of the iteration. Vectors are kept as (B, 1, n) and scalars as (B, 1, 1) so that every
+# matrix-vector product is a plain bmm and no view is taken inside the loop (each costs dispatch time on CPU).
+# With acceleration the constants also hold ``relax_x`` / ``relax_y``: (B, 1, n) / (B, 1, p) overshoot omega - 1 of
+# each entry (0 on masked rows / columns and, once its residual has risen, on the whole problem).
+State = dict[str, Tensor]
+Step = Callable[[State, State], State]
+Marginals = Callable[[State, State], tuple[Tensor, Tensor, Tensor, Tensor]]
+# (kernel, log x, log y, log s, log upper bounds of x and y), float64, per problem: what a Newton step works on.
+LogView = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
+
+
+class _ScalingDomain:
+    """State (x, y, s) with T = s diag(x) K diag(y); the bound ``ub`` is 1 for partial problems, inf for mass 1.
+
+    Masked entries keep K = 1 but get zero weight, so x = 0 on masked rows and y = 0 on masked columns.
+    """
+
+    def __init__(
+        self, shifted: Tensor, valid: Tensor | None, a: Tensor, b: Tensor, m: Tensor, tau: float
+    ) -> None:
+        k = torch.exp(shifted / -tau)
+        self.shifted, self.tau = shifted, tau  # for the entropy: log K = -shifted / tau, no log needed
+        ub = torch.where(m < 1, 1.0, math.inf).to(m.dtype)
+        self.const: State = _fresh(
+            {"k": k, "a": a[:, None], "b": b[:, None], "m": m[:, None, None], "ub": ub[:, None, None]}
+        )
+        # K^T for y K^T: a float32 copy is faster per product than the transposed view; in float64 the view is
+        # (measured on CPU), and saves the copy.
+        kt = self.const["k"].mT
+        self.const["kt"] = kt.contiguous() if k.dtype == torch.float32 else kt
+
+    def init(self) -> State:
+        c = self.const
+        k = c["k"]
+        ky = k.sum(-1).unsqueeze(1).clone()  # (B, 1, N_V), not a view: torch.compile guards on views
+        return {
+            "x": torch.ones_like(c["a"]),
+            "y": torch.ones_like(c["b"]),
+            "s": c["m"] / ky.sum(-1, keepdim=True),
+            "ky": ky,
+            "ktx": k.sum(-2, keepdim=True),
+        }
+
+    @staticmethod
+    def step(st: State, c: State) -> State:
+        # Row-vector-times-matrix products: on CPU, bmm is several times faster in this form than as (K @ y).
+        s = st["s"]
+        x = torch.minimum(c["a"] / (s * st["ky"]), c["ub"])
+        if "relax_x" in c:
+            x = _relax_scaling(x, st["x"], c["relax_x"], c["ub"])
+        ktx = torch.bmm(x, c["k"])
+        y = torch.minimum(c["b"] / (s * ktx), c["ub"])
+        if "relax_y" in c:
+            y = _relax_scaling(y, st["y"], c["relax_y"], c["ub"])
+        s = c["m"] / torch.bmm(ktx, y.mT)
+        ky = torch.bmm(y, c["kt"])
+        return {"x": x, "y": y, "s": s, "ky": ky, "ktx": ktx}
+
+    @staticmethod
+    def absorb(st: State) -> State:
+        return st
+
+    @staticmethod
+    def marginals(st: State, c: State) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Row sums, column sums, and whether each row / column bound is active (its dual is > 0)."""
+        s = st["s"]
+        return s * st["x"] * st["ky"], s * st["y"] * st["ktx"], st["x"] < c["ub"], st["y"] < c["ub"]
+
+    @staticmethod
+    def plan(st: State, c: State) -> Tensor:
+        return st["s"] * st["x"].mT * c["k"] * st["y"]
+
+    def neg_entropy(self, st: State, c: State, plan: Tensor) -> Tensor:
+        """``sum T log T`` from log T = log s + log x_i + log y_j - shifted_ij / tau: one pass over the plan, no log
+        of it (0 log 0 = 0 on masked rows and columns)."""
+        rows, cols = st["s"] * st["x"] * st["ky"], st["s"] * st["y"] * st["ktx"]
+        scalings = rows.sum(-1) * st["s"][..., 0].log() + torch.xlogy(rows, st["x"]).sum(-1)
+        scalings = scalings + torch.xlogy(cols, st["y"]).sum(-1)
+        return scalings[:, 0] - (plan * self.shifted).sum((-2, -1)) / self.tau
+
+    @staticmethod
+    def log_view(st: State, c: State) -> LogView:
+        ub = torch.log(c["ub"][:, 0].double())
+        return (
+            c["k"].double(),
+            torch.log(st["x"][:, 0].double()),
+            torch.log(st["y"][:, 0].double()),
+            torch.log(st["s"][:, 0, 0].double()),
+            ub.expand(-1, c["a"].shape[-1]),
+            ub.expand(-1, c["b"].shape[-1]),
+        )
+
+    @staticmethod
+    def from_log(st: State, u: Tensor, v: Tensor, w: Tensor, ky: Tensor, ktx: Tensor) -> State:
+        """The state for log-scalings (u, v, w) with kernel products ``ky = K e^v`` and ``ktx = e^u K``."""
+        dt = st["x"].dtype
+        return {
+            "x": u.exp()[:, None].to(dt),
+            "y": v.exp()[:, None].to(dt),
+            "s": w.exp()[:, None, None].to(dt),
+            "ky": ky[:, None].to(dt),
+            "ktx": ktx[:, None].to(dt),
+        }
+
+
+def _relax_scaling(new: Tensor, old: Tensor, overshoot: Tensor, ub: Tensor) -> Tensor:
+    """Over-relaxed scaling ``new (1 + w (new / old - 1))``, kept <= ub: to first order in log space the same as
+    ``old^(1 - omega) new^omega`` with ``w = omega - 1`` (0 = plain step), without a pow, and >= new (1 - w) > 0.
+    ``old`` is 0 only on masked entries, whose overshoot is 0."""
+    ratio = new / old.clamp_min(torch.finfo(new.dtype).tiny)
+    return torch.minimum(torch.addcmul(new, overshoot, new * (ratio - 1)), ub)
+
+
+class _LogDomain:
+    """The same iteration on (log x, log y, log s), with log-sum-exp in place of the matrix-vector products.
+
+    Every check the increments are absorbed into the log-kernel (``k += x + y + s``, bounds lowered by the same
+    amount): the potentials reach about range / tau, and keeping them out of the plan's exponent avoids the
+    cancellation that would otherwise cost float32 about eps * range / tau of relative accuracy.
+    """
+
+    def __init__(
+        self, shifted: Tensor, valid: Tensor | None, a: Tensor, b: Tensor, m: Tensor, tau: float
+    ) -> None:
+        self.log_kernel = _where(valid, shifted / -tau, _LOG_ZERO)
+        self.bound = torch.where(m < 1, 0.0, math.inf).to(m.dtype)[:, None, None]
+        self.const: State = _fresh(
+            {
+                "a": a[:, None],
+                "b": b[:, None],
+                "m": m[:, None, None],
+                "la": torch.where(a > 0, torch.log(a), _LOG_ZERO)[:, None],
+                "lb": torch.where(b > 0, torch.log(b), _LOG_ZERO)[:, None],
+                "lm": torch.log(m)[:, None, None],
+            }
+        )
+
+    def init(self) -> State:
+        c, lk = self.const, self.log_kernel
+        return {
+            "k": lk,
+            "ubx": self.bound.expand_as(c["a"]).clone(),
+            "uby": self.bound.expand_as(c["b"]).clone(),
+            "x": torch.zeros_like(c["a"]),
+            "y": torch.zeros_like(c["b"]),
+            "s": c["lm"] - _logsumexp(lk, (-2, -1)),
+            "ky": _logsumexp(lk, -1).mT.clone(),
+            "ktx": _logsumexp(lk, -2),
+        }
+
+    @staticmethod
+    def step(st: State, c: State) -> State:
+        s = st["s"]
+        x = torch.minimum(c["la"] - s - st["ky"], st["ubx"])
+        if "relax_x" in c:
+            x = _relax_log(x, st["x"], c["relax_x"], st["ubx"])
+        ktx = _logsumexp(st["k"] + x.mT, -2)
+        y = torch.minimum(c["lb"] - s - ktx, st["uby"])
+        if "relax_y" in c:
+            y = _relax_log(y, st["y"], c["relax_y"], st["uby"])
+        s = c["lm"] - _logsumexp(ktx + y, -1)
+        ky = _logsumexp(st["k"] + y, -1).mT
+        return {
+            "k": st["k"],
+            "ubx": st["ubx"],
+            "uby": st["uby"],
+            "x": x,
+            "y": y,
+            "s": s,
+            "ky": ky,
+            "ktx": ktx,
+        }
+
+    @staticmethod
+    def absorb(st: State) -> State:
+        x, y, s = st["x"], st["y"], st["s"]
+        return {
+            "k": st["k"] + x.mT + y + s,
+            "ubx": st["ubx"] - x,
+            "uby": st["uby"] - y,
+            "x": torch.zeros_like(x),
+            "y": torch.zeros_like(y),
+            "s": torch.zeros_like(s),
+            "ky": st["ky"] + x + s,
+            "ktx": st["ktx"] + y + s,
+        }
+
+    @staticmethod
+    def marginals(st: State, c: State) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        s = st["s"]
+        rows, cols = torch.exp(s + st["x"] + st["ky"]), torch.exp(s + st["y"] + st["ktx"])
+        return rows, cols, st["x"] < st["ubx"], st["y"] < st["uby"]
+
+    @staticmethod
+    def plan(st: State, c: State) -> Tensor:
+        return torch.exp(st["s"] + st["x"].mT + st["k"] + st["y"])
+
+    @staticmethod
+    def neg_entropy(st: State, c: State, plan: Tensor) -> Tensor:
+        """``sum T log T`` from the log-plan itself (masked entries: T = 0 times a finite log-zero)."""
+        return (plan * (st["s"] + st["x"].mT + st["k"] + st["y"])).sum((-2, -1))
+
+    @staticmethod
+    def log_view(st: State, c: State) -> LogView:
+        # exp(k) is the plan's magnitude once increments are absorbed (entries <= 1); masked ones give exactly 0.
+        return (
+            torch.exp(st["k"].double()),
+            st["x"][:, 0].double(),
+            st["y"][:, 0].double(),
+            st["s"][:, 0, 0].double(),
+            st["ubx"][:, 0].double(),
+            st["uby"][:, 0].double(),
+        )
+
+    @staticmethod
+    def from_log(st: State, u: Tensor, v: Tensor, w: Tensor, ky: Tensor, ktx: Tensor) -> State:
+        dt = st["x"].dtype
+        return {
+            "k": st["k"],
+            "ubx": st["ubx"],
+            "uby": st["uby"],
+            "x": u[:, None].to(dt),
+            "y": v[:, None].to(dt),
+            "s": w[:, None, None].to(dt),
+            "ky": torch.log(ky).clamp_min(_LOG_ZERO)[:, None].to(dt),
+            "ktx": torch.log(ktx).clamp_min(_LOG_ZERO)[:, None].to(dt),
+        }
+
+
+def _relax_log(new: Tensor, old: Tensor, overshoot: Tensor, ub: Tensor) -> Tensor:
+    """Over-relaxation in log space, ``new + w (new - old)`` kept <= ub (``w = omega - 1``; 0 = plain step)."""
+    return torch.minimum(torch.addcmul(new, overshoot, new - old), ub)
+
+
+def _fresh(tensors: State) -> State:
+    """The same tensors as contiguous non-views: torch.compile guards on view-ness, and compaction makes copies."""
+    return {
+        k: v.contiguous() if v._base is None else v.clone(memory_format=torch.contiguous_format)
+        for k, v in tensors.items()
+    }
+
+
+def _logsumexp(x: Tensor, dim: int | tuple[int, ...]) -> Tensor:
+    """log-sum-exp keeping dims, with terms below exp(-_LSE_FLOOR) relative to the largest clamped to it (no effect
+    on the value at float precision): CPU exp() takes a slow path on arguments that underflow."""
+    top = x.amax(dim, keepdim=True).detach()
+    floor = _LSE_FLOOR[x.dtype]
+    return torch.log(torch.exp((x - top).clamp_min(-floor)).sum(dim, keepdim=True)) + top
+
+
+def _residual(marginals: Marginals, st: State, c: State) -> Tensor:
+    """Optimality residual over m: marginal violation, complementary slackness (|sum - bound| where the bound's dual
+    is active) and total-mass violation (zero after a Bregman step, not after a Newton step)."""
+    rows, cols, row_active, col_active = marginals(st, c)
+    dr, dc = rows - c["a"], cols - c["b"]
+    r = torch.where(row_active, dr.abs(), dr.clamp_min(0)).sum(-1, keepdim=True)
+    col = torch.where(col_active, dc.abs(), dc.clamp_min(0)).sum(-1, keepdim=True)
+    total = (rows.sum(-1, keepdim=True) - c["m"]).abs()
+    return ((r + col + total) / c["m"]).flatten()
