@@ -488,3 +488,15 @@ def test_reg_cost_is_the_regularised_value_of_the_returned_plan(dtype: torch.dty
         # relative to the transport cost: the regularised value itself can be near 0 (the two terms cancel)
         rel = ((res.reg_cost.double() - direct) / res.cost.double()).abs().max()
         assert rel < (1e-6 if dtype == torch.float32 else 1e-13)
+
+
+def test_float64_problem_result_does_not_depend_on_its_batch_mates() -> None:
+    """A float64 problem too wide for float32's scaling form goes straight to float64; its batch mates still take the
+    float32-first path, and each one's result is the one it gets alone."""
+    cost = _structured(3, 12, 7, seed=25)
+    cost[1] = cost[1] * 3  # cost range / tau above 40: no float32 phase for this one
+    res = partial_ot(cost, mass=0.5, tau=0.05, tol=1e-10, max_iter=20000)
+    for i in range(3):
+        alone = partial_ot(cost[i], mass=0.5, tau=0.05, tol=1e-10, max_iter=20000)
+        torch.testing.assert_close(res.plan[i], alone.plan, atol=0, rtol=0)
+        assert res.n_iter[i] == alone.n_iter

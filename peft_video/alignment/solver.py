@@ -361,10 +361,19 @@ def _solve_float64_via_float32(
     float32 phase.
     """
     shifted, valid, a, b, m = sub
-    domain64 = _ScalingDomain(shifted, valid, a, b, m, tau)
     fits = shifted.amax((-2, -1)) / tau <= _SCALING_LIMIT[torch.float32]
-    if not bool(fits.all()):
-        return _solve(domain64, max_iter, tol, True, compile)[0]
+    if not bool(fits.all()):  # each problem takes its own path, whatever else is in the batch
+        out = _solve(_ScalingDomain(*_take(sub, ~fits), tau), max_iter, tol, True, compile)[0]
+        if bool(fits.any()):
+            out = _Solved(*(t.new_zeros((shifted.shape[0], *t.shape[1:])) for t in out)).put(
+                (~fits).nonzero()[:, 0], out
+            )
+            out = out.put(
+                fits.nonzero()[:, 0],
+                _solve_float64_via_float32(_take(sub, fits), tau, max_iter, tol, compile),
+            )
+        return out
+    domain64 = _ScalingDomain(shifted, valid, a, b, m, tau)
     f32 = torch.float32
     domain32 = _ScalingDomain(shifted.to(f32), valid, a.to(f32), b.to(f32), m.to(f32), tau)
     first, st32 = _solve(domain32, max_iter, max(tol / 2, 1e-6), True, compile, with_plan=False)
@@ -375,6 +384,14 @@ def _solve_float64_via_float32(
     start = {"x": x, "y": y, "s": s, "ky": torch.bmm(y, c64["kt"]), "ktx": ktx}
     second = _solve(domain64, max_iter, tol, True, compile, start=start)[0]
     return second._replace(n_iter=second.n_iter + first.n_iter, n_newton=second.n_newton + first.n_newton)
+
+
+def _take(
+    sub: tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor], keep: Tensor
+) -> tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor]:
+    """The problems of ``sub`` where ``keep`` (a bool or index tensor) selects them."""
+    shifted, valid, a, b, m = sub
+    return shifted[keep], None if valid is None else valid[keep], a[keep], b[keep], m[keep]
 
 
 def _retry_plain(
@@ -396,9 +413,7 @@ def _retry_plain(
     if not bool(open_.any()):
         return solved
     idx = open_.nonzero()[:, 0]
-    shifted, valid, a, b, m = sub
-    again = (shifted[idx], None if valid is None else valid[idx], a[idx], b[idx], m[idx])
-    plain = _solve(domain(*again, tau), max_iter, tol, False, compile)[0]
+    plain = _solve(domain(*_take(sub, idx), tau), max_iter, tol, False, compile)[0]
     better = plain.residual < solved.residual[idx]
     counted = solved._replace(n_iter=solved.n_iter.index_add(0, idx, plain.n_iter))
     kept = plain._replace(n_iter=counted.n_iter[idx], n_newton=solved.n_newton[idx])
