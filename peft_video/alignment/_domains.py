@@ -274,11 +274,18 @@ def _logsumexp(x: Tensor, dim: int | tuple[int, ...]) -> Tensor:
 
 
 def _residual(marginals: Marginals, st: State, c: State) -> Tensor:
-    """Optimality residual over m: marginal violation, complementary slackness (|sum - bound| where the bound's dual
-    is active) and total-mass violation (zero after a Bregman step, not after a Newton step)."""
+    """The optimality residual (:func:`_optimality_residual`) of every problem in a state, flattened to (B,)."""
     rows, cols, row_active, col_active = marginals(st, c)
-    dr, dc = rows - c["a"], cols - c["b"]
-    r = torch.where(row_active, dr.abs(), dr.clamp_min(0)).sum(-1, keepdim=True)
-    col = torch.where(col_active, dc.abs(), dc.clamp_min(0)).sum(-1, keepdim=True)
-    total = (rows.sum(-1, keepdim=True) - c["m"]).abs()
-    return ((r + col + total) / c["m"]).flatten()
+    return _optimality_residual(rows, cols, row_active, col_active, c["a"], c["b"], c["m"][..., 0]).flatten()
+
+
+def _optimality_residual(
+    rows: Tensor, cols: Tensor, row_active: Tensor, col_active: Tensor, a: Tensor, b: Tensor, m: Tensor
+) -> Tensor:
+    """Marginal violation, complementary slackness (|sum - bound| where the bound's dual is active) and total-mass
+    violation (zero after a Bregman step, not after a Newton step), over m; sums over the last dim, so ``m`` has the
+    shape of the result."""
+    dr, dc = rows - a, cols - b
+    r = torch.where(row_active, dr.abs(), dr.clamp_min(0)).sum(-1)
+    col = torch.where(col_active, dc.abs(), dc.clamp_min(0)).sum(-1)
+    return (r + col + (rows.sum(-1) - m).abs()) / m

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._domains import State, _LogDomain, _ScalingDomain
+from ._domains import State, _LogDomain, _optimality_residual, _ScalingDomain
 
 # Step lengths tried, per problem: the longest that lowers the dual objective is kept.
 _NEWTON_STEPS = (1.0, 0.25, 0.0625)
@@ -54,11 +54,10 @@ def _newton(domain: _ScalingDomain | _LogDomain, st: State, c: State) -> tuple[S
         linear = torch.where(a_ > 0, a_ * u, 0.0).sum(-1) + torch.where(b_ > 0, b_ * v, 0.0).sum(-1)
         return total - linear - m_ * w
 
-    def residual(u: Tensor, v: Tensor, rows: Tensor, cols: Tensor) -> Tensor:  # as _residual, in float64
-        dr, dc = rows - a_, cols - b_
-        r = torch.where(u < ub_u[:, None], dr.abs(), dr.clamp_min(0)).sum(-1)
-        col = torch.where(v < ub_v[:, None], dc.abs(), dc.clamp_min(0)).sum(-1)
-        return (r + col + (rows.sum(-1) - m_).abs()) / m_
+    def residual(
+        u: Tensor, v: Tensor, rows: Tensor, cols: Tensor
+    ) -> Tensor:  # the stopping test's, in float64
+        return _optimality_residual(rows, cols, u < ub_u[:, None], v < ub_v[:, None], a_, b_, m_)
 
     now = objective(u[:, None], v[:, None], w[:, None], rows.sum(-1, keepdim=True))
     now_res = residual(u[:, None], v[:, None], rows[:, None], cols[:, None])

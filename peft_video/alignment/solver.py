@@ -329,8 +329,7 @@ def _solve_split(
             continue
         idx = chosen.nonzero()[:, 0]
         whole = idx.numel() == batch
-        sub_valid = None if valid is None or whole else valid[idx]
-        sub = (shifted, valid, a, b, m) if whole else (shifted[idx], sub_valid, a[idx], b[idx], m[idx])
+        sub = (shifted, valid, a, b, m) if whole else _take((shifted, valid, a, b, m), idx)
         if domain is _ScalingDomain and accelerate and shifted.dtype == torch.float64:
             solved = _solve_float64_via_float32(sub, tau, max_iter, tol, compile)
         else:
