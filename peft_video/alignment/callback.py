@@ -15,7 +15,7 @@ from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from ..integrations.card_info import get_card_info, set_card_info, unwrap_peft_model
-from .capture import PVLAAttachment, SingleStream, TwoTower, check_weight
+from .capture import PVLAAttachment, SingleStream, TwoTower, check_pvla_arguments
 from .pvla import PVLALoss
 
 __all__ = ["PVLACallback"]
@@ -36,12 +36,7 @@ class PVLACallback(TrainerCallback):
     def __init__(
         self, loss: PVLALoss, source: TwoTower | SingleStream, *, weight: float = 1.0, log_key: str = "pvla"
     ) -> None:
-        # Validate now rather than at train begin.
-        check_weight(weight)
-        if not isinstance(loss, PVLALoss):
-            raise ValueError(f"`loss` must be a PVLALoss, got {type(loss).__name__}")
-        if not isinstance(source, (TwoTower, SingleStream)):
-            raise ValueError(f"`source` must be a TwoTower or SingleStream, got {type(source).__name__}")
+        check_pvla_arguments(loss, source, weight)  # now rather than at train begin
         self.loss, self.source, self.weight, self.log_key = loss, source, weight, log_key
         self.attachment: PVLAAttachment | None = None
 

@@ -27,7 +27,15 @@ from torch.utils.hooks import RemovableHandle
 
 from .pvla import PVLALoss
 
-__all__ = ["PVLAAttachment", "SingleStream", "TwoTower", "attach_pvla", "check_weight", "resolve_modules"]
+__all__ = [
+    "PVLAAttachment",
+    "SingleStream",
+    "TwoTower",
+    "attach_pvla",
+    "check_pvla_arguments",
+    "check_weight",
+    "resolve_modules",
+]
 
 Inputs = Mapping[str, Any]
 MaskSpec = str | Callable[[Inputs], Tensor | None] | None
@@ -88,6 +96,15 @@ def check_weight(weight: object) -> float:
     return float(weight)
 
 
+def check_pvla_arguments(loss: object, source: object, weight: object) -> float:
+    """Check what attaching PVLA takes (a PVLALoss, a TwoTower / SingleStream, a weight); returns the weight."""
+    if not isinstance(loss, PVLALoss):
+        raise ValueError(f"`loss` must be a PVLALoss, got {type(loss).__name__}")
+    if not isinstance(source, (TwoTower, SingleStream)):
+        raise ValueError(f"`source` must be a TwoTower or SingleStream, got {type(source).__name__}")
+    return check_weight(weight)
+
+
 def resolve_modules(model: nn.Module, spec: str | Sequence[str], what: str) -> list[tuple[str, nn.Module]]:
     """Modules named by ``spec`` (names or one full-match regex), in model order; clear error if none match."""
     named = dict(model.named_modules())
@@ -145,11 +162,7 @@ class PVLAAttachment:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
-        if not isinstance(loss, PVLALoss):
-            raise ValueError(f"`loss` must be a PVLALoss, got {type(loss).__name__}")
-        if not isinstance(source, (TwoTower, SingleStream)):
-            raise ValueError(f"`source` must be a TwoTower or SingleStream, got {type(source).__name__}")
-        check_weight(weight)
+        check_pvla_arguments(loss, source, weight)
         self.model, self.loss, self.source = model, loss, source
         self.weight, self.add_to_loss = float(weight), add_to_loss
         self.term: Tensor | None = None  # PVLA of the last training forward (with grad)
