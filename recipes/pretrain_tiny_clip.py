@@ -24,6 +24,7 @@ from peft_video.data.collate import VideoTextCollator
 from peft_video.data.evaluation import chance_at_1, order_pair_accuracy, retrieval_at_1
 from peft_video.data.synthetic import make_frame_dataset, make_video_dataset
 from peft_video.data.tiny_clip import build_tiny_clip_processor, tiny_clip_config
+from peft_video.tasks.retrieval import symmetric_info_nce
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "peft_video" / "assets" / "tiny_clip"
 
@@ -53,17 +54,6 @@ def set_determinism(seed: int, threads: int) -> None:
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
-
-
-def soft_clip_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor,
-                   caption_ids: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE whose targets spread evenly over every pair sharing a caption (templates repeat)."""
-    logits = logit_scale.exp() * F.normalize(image_embeds, dim=-1) @ F.normalize(text_embeds, dim=-1).T
-    same = (caption_ids[:, None] == caption_ids[None, :]).float()
-    targets = same / same.sum(dim=1, keepdim=True)
-    image_to_text = -(targets * logits.log_softmax(dim=1)).sum(dim=1).mean()
-    text_to_image = -(targets * logits.T.log_softmax(dim=1)).sum(dim=1).mean()
-    return (image_to_text + text_to_image) / 2
 
 
 def learning_rate(step: int, total: int, peak: float, warmup: int = 100) -> float:
@@ -105,7 +95,10 @@ def train(args: argparse.Namespace) -> tuple[CLIPModel, CLIPProcessor]:
             group["lr"] = learning_rate(step, args.steps, args.lr)
         out = model(input_ids=text["input_ids"][idx], attention_mask=text["attention_mask"][idx],
                     pixel_values=pixels[idx])
-        loss = soft_clip_loss(out.image_embeds, out.text_embeds, model.logit_scale, caption_ids[idx])
+        # image x text logits; targets spread evenly over every pair sharing a caption (templates repeat)
+        logits = model.logit_scale.exp() * F.normalize(out.image_embeds, dim=-1) @ F.normalize(out.text_embeds, dim=-1).T
+        ids = caption_ids[idx]
+        loss = symmetric_info_nce(logits.T, positives=ids[:, None] == ids[None, :])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -134,6 +127,20 @@ def embed_videos_mean_pooled(model: CLIPModel, pixel_values: torch.Tensor, chunk
     return F.normalize(F.normalize(feats, dim=-1).view(b, t, -1).mean(dim=1), dim=-1)
 
 
+def both_ways_r1(model: CLIPModel, processor: CLIPProcessor, embeds: torch.Tensor, captions: list[str],
+                 to_text: str, from_text: str) -> dict[str, float]:
+    """R@1 and its chance level both ways against the distinct captions, keyed ``{to_text}_r1``, ``{from_text}_r1``,
+    ``{to_text}_chance``, ``{from_text}_chance``."""
+    unique = list(dict.fromkeys(captions))
+    sim = embeds @ embed_texts(model, processor, unique).T
+    return {
+        f"{to_text}_r1": retrieval_at_1(sim, captions, unique),
+        f"{from_text}_r1": retrieval_at_1(sim.T, unique, captions),
+        f"{to_text}_chance": chance_at_1(captions, unique),
+        f"{from_text}_chance": chance_at_1(unique, captions),
+    }
+
+
 def evaluate(model: CLIPModel, processor: CLIPProcessor, args: argparse.Namespace) -> dict[str, float]:
     """Zero-shot R@1 on test still frames and (mean-pooled) on held-out test videos, plus order-pair accuracy."""
     collator = VideoTextCollator.from_processor(processor)
@@ -142,23 +149,13 @@ def evaluate(model: CLIPModel, processor: CLIPProcessor, args: argparse.Namespac
 
     stills = make_frame_dataset("test", args.eval_images, seed=args.seed, image_size=size)[:]
     image_embeds = embed_videos_mean_pooled(model, collator.pixel_values(stills["frames"]))
-    captions = stills["caption"]
-    unique = list(dict.fromkeys(captions))
-    sim = image_embeds @ embed_texts(model, processor, unique).T
-    results["frame_image_to_text_r1"] = retrieval_at_1(sim, captions, unique)
-    results["frame_text_to_image_r1"] = retrieval_at_1(sim.T, unique, captions)
-    results["frame_image_to_text_chance"] = chance_at_1(captions, unique)
-    results["frame_text_to_image_chance"] = chance_at_1(unique, captions)
+    results.update(both_ways_r1(model, processor, image_embeds, stills["caption"],
+                                "frame_image_to_text", "frame_text_to_image"))
 
     videos = make_video_dataset("test", args.eval_videos, seed=args.seed, image_size=size)[:]
     video_embeds = embed_videos_mean_pooled(model, collator.pixel_values(videos["frames"]))
     captions = videos["caption"]
-    unique = list(dict.fromkeys(captions))
-    sim = video_embeds @ embed_texts(model, processor, unique).T
-    results["video_to_text_r1"] = retrieval_at_1(sim, captions, unique)
-    results["text_to_video_r1"] = retrieval_at_1(sim.T, unique, captions)
-    results["video_to_text_chance"] = chance_at_1(captions, unique)
-    results["text_to_video_chance"] = chance_at_1(unique, captions)
+    results.update(both_ways_r1(model, processor, video_embeds, captions, "video_to_text", "text_to_video"))
     pair_sim = video_embeds @ embed_texts(model, processor, captions).T
     pairs = order_pair_accuracy(pair_sim, videos["order_pair_id"])
     results["order_pair_video_to_text"] = pairs["video_to_text"]
