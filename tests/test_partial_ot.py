@@ -434,6 +434,7 @@ def test_newton_step_is_bounded_when_inactive_entries_carry_no_mass() -> None:
     res = partial_ot(cost.float(), mass=0.5, tau=0.005, max_iter=20000)
     assert res.converged.all() and torch.isfinite(res.plan).all()
     assert res.n_iter.max() < ref.n_iter.max()
+    assert res.n_newton.sum() >= 100  # bounded steps get taken; raw ones are rejected (24 in all without the bound)
     assert ((res.reg_cost.double() - ref.reg_cost) / ref.reg_cost).abs().max() < 1e-3
 
 
@@ -471,6 +472,7 @@ def test_float64_input_is_finished_and_checked_in_float64() -> None:
     assert (violation <= 1e-9).all()  # far below float32's precision: the float64 phase did the finishing
     torch.testing.assert_close(rows.sum(-1), torch.full((8,), 0.6, dtype=torch.float64), atol=1e-14, rtol=0)
     torch.testing.assert_close(res.plan, plain.plan, atol=1e-8, rtol=0)
+    assert res.n_iter.sum() < plain.n_iter.sum()  # finished by the float64 phase, not by the plain retry
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
