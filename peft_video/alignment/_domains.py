@@ -23,6 +23,15 @@ def _where(valid: Tensor | None, x: Tensor, fill: float) -> Tensor:
     return x if valid is None else torch.where(valid, x, fill)
 
 
+def _exponent(cost: Tensor, lo: Tensor, valid: Tensor | None, tau: float, fill: float) -> Tensor:
+    """``(lo - C) / tau`` on valid entries and ``fill`` elsewhere, as one new tensor (in place after the first pass
+    unless autograd records it): each extra (B, N_V, N_L) temporary costs about as much as an iteration on CPU."""
+    if cost.requires_grad and torch.is_grad_enabled():  # masked entries may hold nan: select before any arithmetic reaches the gradient
+        return _where(valid, (cost - lo[:, None, None]) / -tau, fill)
+    exponent = torch.sub(cost, lo[:, None, None]).div_(-tau)
+    return exponent if valid is None else exponent.masked_fill_(~valid, fill)
+
+
 # State and constants of the iteration. Vectors are kept as (B, 1, n) and scalars as (B, 1, 1) so that every
 # matrix-vector product is a plain bmm and no view is taken inside the loop (each costs dispatch time on CPU).
 # With acceleration the constants also hold ``relax_x`` / ``relax_y``: (B, 1, n) / (B, 1, p) overshoot omega - 1 of
@@ -40,19 +49,21 @@ class _ScalingDomain:
     Masked entries keep K = 1 but get zero weight, so x = 0 on masked rows and y = 0 on masked columns.
     """
 
-    def __init__(
-        self, shifted: Tensor, valid: Tensor | None, a: Tensor, b: Tensor, m: Tensor, tau: float
-    ) -> None:
-        k = torch.exp(shifted / -tau)
-        self.shifted, self.tau = shifted, tau  # for the entropy: log K = -shifted / tau, no log needed
+    def __init__(self, kernel: Tensor, a: Tensor, b: Tensor, m: Tensor) -> None:
+        """``kernel``: K = exp((lo - C) / tau) from :func:`_exponent` (1 on masked entries)."""
         ub = torch.where(m < 1, 1.0, math.inf).to(m.dtype)
         self.const: State = _fresh(
-            {"k": k, "a": a[:, None], "b": b[:, None], "m": m[:, None, None], "ub": ub[:, None, None]}
+            {"k": kernel, "a": a[:, None], "b": b[:, None], "m": m[:, None, None], "ub": ub[:, None, None]}
         )
         # K^T for y K^T: a float32 copy is faster per product than the transposed view; in float64 the view is
         # (measured on CPU), and saves the copy.
         kt = self.const["k"].mT
-        self.const["kt"] = kt.contiguous() if k.dtype == torch.float32 else kt
+        self.const["kt"] = kt.contiguous() if kernel.dtype == torch.float32 else kt
+
+    @staticmethod
+    def kernel(exponent: Tensor) -> Tensor:
+        """K from :func:`_exponent`'s output, exponentiated in place unless autograd records it."""
+        return exponent.exp() if exponent.requires_grad else exponent.exp_()
 
     def init(self) -> State:
         c = self.const
@@ -93,15 +104,16 @@ class _ScalingDomain:
 
     @staticmethod
     def plan(st: State, c: State) -> Tensor:
-        return st["s"] * st["x"].mT * c["k"] * st["y"]
+        plan = st["s"] * st["x"].mT * c["k"]
+        return plan * st["y"] if plan.requires_grad else plan.mul_(st["y"])  # one (B, N_V, N_L) allocation
 
-    def neg_entropy(self, st: State, c: State, plan: Tensor) -> Tensor:
-        """``sum T log T`` from log T = log s + log x_i + log y_j - shifted_ij / tau: one pass over the plan, no log
-        of it (0 log 0 = 0 on masked rows and columns)."""
+    @staticmethod
+    def log_ratio(st: State, c: State, plan: Tensor) -> Tensor:
+        """``sum T log(T / K)`` from log T - log K = log s + log x_i + log y_j: no pass over the plan (0 log 0 = 0 on
+        masked rows and columns)."""
         rows, cols = st["s"] * st["x"] * st["ky"], st["s"] * st["y"] * st["ktx"]
         scalings = rows.sum(-1) * st["s"][..., 0].log() + torch.xlogy(rows, st["x"]).sum(-1)
-        scalings = scalings + torch.xlogy(cols, st["y"]).sum(-1)
-        return scalings[:, 0] - (plan * self.shifted).sum((-2, -1)) / self.tau
+        return (scalings + torch.xlogy(cols, st["y"]).sum(-1))[:, 0]
 
     @staticmethod
     def log_view(st: State, c: State) -> LogView:
@@ -144,10 +156,9 @@ class _LogDomain:
     cancellation that would otherwise cost float32 about eps * range / tau of relative accuracy.
     """
 
-    def __init__(
-        self, shifted: Tensor, valid: Tensor | None, a: Tensor, b: Tensor, m: Tensor, tau: float
-    ) -> None:
-        self.log_kernel = _where(valid, shifted / -tau, _LOG_ZERO)
+    def __init__(self, kernel: Tensor, a: Tensor, b: Tensor, m: Tensor) -> None:
+        """``kernel``: log K = (lo - C) / tau from :func:`_exponent` (_LOG_ZERO on masked entries)."""
+        self.log_kernel = kernel
         self.bound = torch.where(m < 1, 0.0, math.inf).to(m.dtype)[:, None, None]
         self.const: State = _fresh(
             {
@@ -159,6 +170,11 @@ class _LogDomain:
                 "lm": torch.log(m)[:, None, None],
             }
         )
+
+    @staticmethod
+    def kernel(exponent: Tensor) -> Tensor:
+        """log K is :func:`_exponent`'s output itself."""
+        return exponent
 
     def init(self) -> State:
         c, lk = self.const, self.log_kernel
@@ -218,12 +234,12 @@ class _LogDomain:
 
     @staticmethod
     def plan(st: State, c: State) -> Tensor:
-        return torch.exp(st["s"] + st["x"].mT + st["k"] + st["y"])
+        log_plan = st["s"] + st["x"].mT + st["k"]
+        return torch.exp(log_plan + st["y"]) if log_plan.requires_grad else log_plan.add_(st["y"]).exp_()
 
-    @staticmethod
-    def neg_entropy(st: State, c: State, plan: Tensor) -> Tensor:
-        """``sum T log T`` from the log-plan itself (masked entries: T = 0 times a finite log-zero)."""
-        return (plan * (st["s"] + st["x"].mT + st["k"] + st["y"])).sum((-2, -1))
+    def log_ratio(self, st: State, c: State, plan: Tensor) -> Tensor:
+        """``sum T log(T / K)`` from the log-plan (masked entries: T = 0 times a finite log-zero)."""
+        return (plan * (st["s"] + st["x"].mT + (st["k"] - self.log_kernel) + st["y"])).sum((-2, -1))
 
     @staticmethod
     def log_view(st: State, c: State) -> LogView:

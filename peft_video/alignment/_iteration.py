@@ -30,7 +30,7 @@ class _Solved(NamedTuple):
     n_iter: Tensor
     residual: Tensor
     n_newton: Tensor
-    neg_entropy: Tensor  # sum T log T of the plan, from the domain's own log-plan (no log of the plan taken)
+    log_ratio: Tensor  # sum T log(T / K) of the plan, from the domain's state (the caller adds sum T log K)
 
     def put(self, idx: Tensor, part: _Solved) -> _Solved:
         """These results with problems ``idx`` replaced by ``part``'s."""
@@ -128,13 +128,13 @@ def _solve(
     order = torch.cat([f[0] for f in found])
     final = {k: _scatter(order, [f[4][k] for f in found]) for k in found[0][4]}
     plan = domain.plan(final, const) if with_plan else const["a"].new_empty(0)
-    neg_entropy = domain.neg_entropy(final, const, plan) if with_plan else const["a"].new_empty(0)
+    log_ratio = domain.log_ratio(final, const, plan) if with_plan else const["a"].new_empty(0)
     solved = _Solved(
         plan,
         _scatter(order, [f[1] for f in found]),
         _scatter(order, [f[2] for f in found]),
         _scatter(order, [f[3] for f in found]),
-        neg_entropy,
+        log_ratio,
     )
     return solved, final
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._domains import _SCALING_LIMIT, _LogDomain, _ScalingDomain, _where
+from ._domains import _LOG_ZERO, _SCALING_LIMIT, _exponent, _LogDomain, _ScalingDomain, _where
 from ._iteration import _solve, _Solved
 
 __all__ = ["ConvergenceWarning", "PartialOTResult", "partial_ot", "regularized_cost"]
@@ -163,19 +163,17 @@ def partial_ot(
             raise ValueError(
                 f"`cost` has a non-finite entry on unmasked rows/columns of problem {bad} (flattened)"
             )
-        shifted = _where(valid, c_solve - lo[:, None, None], 0.0)
+        spread = hi - lo
         if log_domain is None:
-            use_log = (hi - lo) / tau > _SCALING_LIMIT[dtype]
+            use_log = spread / tau > _SCALING_LIMIT[dtype]
         else:
             use_log = torch.full((batch,), bool(log_domain), device=device)
 
         with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
             solved, use_log = _solve_split(
-                shifted,
-                valid,
-                a,
-                b,
-                m,
+                (c_solve, valid, a, b, m),
+                lo,
+                spread,
                 tau,
                 max_iter,
                 tol,
@@ -184,10 +182,15 @@ def partial_ot(
                 compile,
             )
         plan, n_iter, residual, n_newton = solved.plan, solved.n_iter, solved.residual, solved.n_newton
-        plan = _where(valid, plan, 0.0)
+        if valid is not None:  # already zero there; made exact (the plan is a fresh tensor)
+            plan = _where(valid, plan, 0.0) if differentiable else plan.masked_fill_(~valid, 0.0)
         used = plan if differentiable else plan.detach()
         transport = (used * _where(valid, c_full, 0.0)).sum((-2, -1))
-        neg_entropy = torch.xlogy(used, used).sum((-2, -1)) if differentiable else solved.neg_entropy
+        if differentiable:
+            neg_entropy = torch.xlogy(used, used).sum((-2, -1))
+        else:  # sum T log T = sum T log(T / K) + sum T log K, and tau sum T log K = lo sum T - <T, C>
+            kernel_part = (lo * plan.sum((-2, -1)) - transport.detach()) / tau
+            neg_entropy = solved.log_ratio + kernel_part
         reg = transport + tau * neg_entropy
 
     converged = residual <= tol
@@ -301,11 +304,9 @@ def _mass(mass: float | Tensor, lead: tuple[int, ...], dtype: torch.dtype, devic
 
 
 def _solve_split(
-    shifted: Tensor,
-    valid: Tensor | None,
-    a: Tensor,
-    b: Tensor,
-    m: Tensor,
+    problems: tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor],
+    lo: Tensor,
+    spread: Tensor,
     tau: float,
     max_iter: int,
     tol: float,
@@ -315,66 +316,75 @@ def _solve_split(
 ) -> tuple[_Solved, Tensor]:
     """Solve the scaling-domain and log-domain problems apart and put the results back in batch order.
 
-    A scaling-domain plan that still left the float range is solved again in the log domain (a safety net: the
-    range / tau rule is meant to prevent it). Returns the results and the final log-domain flags.
+    ``problems``: (cost, valid, a, b, m); ``lo`` and ``spread``: each cost's minimum and range over valid entries.
+    Each domain builds its kernel for its own problems only. A scaling-domain plan that still left the float range
+    is solved again in the log domain (a safety net: the range / tau rule is meant to prevent it). Returns the
+    results and the final log-domain flags.
     """
-    batch = shifted.shape[0]
-    n_zeros = torch.zeros(batch, dtype=torch.long, device=shifted.device)
-    out = _Solved(
-        shifted.new_zeros(shifted.shape), n_zeros, shifted.new_zeros(batch), n_zeros, shifted.new_zeros(batch)
-    )
+    batch = lo.shape[0]
+    out: _Solved | None = None
     for domain in (_ScalingDomain, _LogDomain):
         chosen = ~use_log if domain is _ScalingDomain else use_log
         if not bool(chosen.any()):
             continue
         idx = chosen.nonzero()[:, 0]
         whole = idx.numel() == batch
-        sub = (shifted, valid, a, b, m) if whole else _take((shifted, valid, a, b, m), idx)
-        if domain is _ScalingDomain and accelerate and shifted.dtype == torch.float64:
-            solved = _solve_float64_via_float32(sub, tau, max_iter, tol, compile)
+        cost, valid, a, b, m, lo_, spread_ = _take((*problems, lo, spread), None if whole else idx)
+        fill = 0.0 if domain is _ScalingDomain else _LOG_ZERO
+        sub = (domain.kernel(_exponent(cost, lo_, valid, tau, fill)), a, b, m)
+        if domain is _ScalingDomain and accelerate and cost.dtype == torch.float64:
+            solved = _solve_float64_via_float32(sub, spread_, tau, max_iter, tol, compile)
         else:
-            solved = _solve(domain(*sub, tau), max_iter, tol, accelerate, compile)[0]
+            solved = _solve(domain(*sub), max_iter, tol, accelerate, compile)[0]
         if accelerate:
-            solved = _retry_plain(domain, sub, tau, max_iter, tol, compile, solved)
+            solved = _retry_plain(domain, sub, max_iter, tol, compile, solved)
         if domain is _ScalingDomain:
             bad = ~torch.isfinite(solved.plan.sum((-2, -1)))  # any nan / inf entry makes the sum non-finite
             if bool(bad.any()):
                 use_log = use_log.index_put((idx[bad],), torch.tensor(True, device=use_log.device))
-        out = solved if whole else out.put(idx, solved)
+        out = solved if whole else _placed(out, batch, idx, solved)
+    assert out is not None  # every problem is in one of the two domains
     return out, use_log
 
 
+def _placed(out: _Solved | None, batch: int, idx: Tensor, part: _Solved) -> _Solved:
+    """``out`` (None: zeros for ``batch`` problems) with problems ``idx`` replaced by ``part``'s results."""
+    if out is None:
+        out = _Solved(*(t.new_zeros((batch, *t.shape[1:])) for t in part))
+    return out.put(idx, part)
+
+
 def _solve_float64_via_float32(
-    sub: tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor],
+    sub: tuple[Tensor, Tensor, Tensor, Tensor],
+    spread: Tensor,
     tau: float,
     max_iter: int,
     tol: float,
     compile: bool,
 ) -> _Solved:
-    """Scaling-domain float64 problems: iterate in float32 to ``tol / 2`` (at least 1e-6), then go on in float64
-    from there until the float64 residual is <= ``tol``; n_iter and n_newton count both phases.
+    """Scaling-domain float64 problems (``sub``: kernel, a, b, m; ``spread``: cost ranges): iterate in float32 to
+    ``tol / 2`` (at least 1e-6), then go on in float64 from there until the float64 residual is <= ``tol``; n_iter
+    and n_newton count both phases.
 
     Each iteration is two memory-bound matrix-vector products, so float32 halves its cost; the float64 phase starts
     next to the solution (often already within ``tol``, at most a few Newton steps for tight ``tol``), and the
     stopping test is the float64 one. Problems whose cost range / tau exceeds float32's scaling limit skip the
     float32 phase.
     """
-    shifted, valid, a, b, m = sub
-    fits = shifted.amax((-2, -1)) / tau <= _SCALING_LIMIT[torch.float32]
+    kernel, a, b, m = sub
+    fits = spread / tau <= _SCALING_LIMIT[torch.float32]
     if not bool(fits.all()):  # each problem takes its own path, whatever else is in the batch
-        out = _solve(_ScalingDomain(*_take(sub, ~fits), tau), max_iter, tol, True, compile)[0]
+        out = _solve(_ScalingDomain(*_take(sub, ~fits)), max_iter, tol, True, compile)[0]
         if bool(fits.any()):
-            out = _Solved(*(t.new_zeros((shifted.shape[0], *t.shape[1:])) for t in out)).put(
-                (~fits).nonzero()[:, 0], out
-            )
+            out = _placed(None, kernel.shape[0], (~fits).nonzero()[:, 0], out)
             out = out.put(
                 fits.nonzero()[:, 0],
-                _solve_float64_via_float32(_take(sub, fits), tau, max_iter, tol, compile),
+                _solve_float64_via_float32(_take(sub, fits), spread[fits], tau, max_iter, tol, compile),
             )
         return out
-    domain64 = _ScalingDomain(shifted, valid, a, b, m, tau)
+    domain64 = _ScalingDomain(*sub)
     f32 = torch.float32
-    domain32 = _ScalingDomain(shifted.to(f32), valid, a.to(f32), b.to(f32), m.to(f32), tau)
+    domain32 = _ScalingDomain(kernel.to(f32), a.to(f32), b.to(f32), m.to(f32))
     first, st32 = _solve(domain32, max_iter, max(tol / 2, 1e-6), True, compile, with_plan=False)
     c64 = domain64.const
     x, y = st32["x"].double(), st32["y"].double()
@@ -385,18 +395,16 @@ def _solve_float64_via_float32(
     return second._replace(n_iter=second.n_iter + first.n_iter, n_newton=second.n_newton + first.n_newton)
 
 
-def _take(
-    sub: tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor], keep: Tensor
-) -> tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor]:
-    """The problems of ``sub`` where ``keep`` (a bool or index tensor) selects them."""
-    shifted, valid, a, b, m = sub
-    return shifted[keep], None if valid is None else valid[keep], a[keep], b[keep], m[keep]
+def _take(tensors: tuple[Tensor | None, ...], keep: Tensor | None) -> tuple[Tensor | None, ...]:
+    """The problems (leading index) of each tensor that ``keep`` (bool or index tensor; None: all) selects."""
+    if keep is None:
+        return tensors
+    return tuple(None if t is None else t[keep] for t in tensors)
 
 
 def _retry_plain(
     domain: type[_ScalingDomain] | type[_LogDomain],
-    sub: tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor],
-    tau: float,
+    sub: tuple[Tensor, Tensor, Tensor, Tensor],
     max_iter: int,
     tol: float,
     compile: bool,
@@ -412,7 +420,7 @@ def _retry_plain(
     if not bool(open_.any()):
         return solved
     idx = open_.nonzero()[:, 0]
-    plain = _solve(domain(*_take(sub, idx), tau), max_iter, tol, False, compile)[0]
+    plain = _solve(domain(*_take(sub, idx)), max_iter, tol, False, compile)[0]
     better = plain.residual < solved.residual[idx]
     counted = solved._replace(n_iter=solved.n_iter.index_add(0, idx, plain.n_iter))
     kept = plain._replace(n_iter=counted.n_iter[idx], n_newton=solved.n_newton[idx])
