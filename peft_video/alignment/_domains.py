@@ -26,7 +26,8 @@ def _where(valid: Tensor | None, x: Tensor, fill: float) -> Tensor:
 def _exponent(cost: Tensor, lo: Tensor, valid: Tensor | None, tau: float, fill: float) -> Tensor:
     """``(lo - C) / tau`` on valid entries and ``fill`` elsewhere, as one new tensor (in place after the first pass
     unless autograd records it): each extra (B, N_V, N_L) temporary costs about as much as an iteration on CPU."""
-    if cost.requires_grad and torch.is_grad_enabled():  # masked entries may hold nan: select before any arithmetic reaches the gradient
+    # Under autograd masked entries (which may hold nan) are replaced before any arithmetic reaches the gradient.
+    if cost.requires_grad and torch.is_grad_enabled():
         return _where(valid, (cost - lo[:, None, None]) / -tau, fill)
     exponent = torch.sub(cost, lo[:, None, None]).div_(-tau)
     return exponent if valid is None else exponent.masked_fill_(~valid, fill)
@@ -35,7 +36,8 @@ def _exponent(cost: Tensor, lo: Tensor, valid: Tensor | None, tau: float, fill: 
 # State and constants of the iteration. Vectors are kept as (B, 1, n) and scalars as (B, 1, 1) so that every
 # matrix-vector product is a plain bmm and no view is taken inside the loop (each costs dispatch time on CPU).
 # With acceleration the constants also hold ``relax_x`` / ``relax_y``: (B, 1, n) / (B, 1, p) overshoot omega - 1 of
-# each entry (0 on masked rows / columns and, once its residual has risen, on the whole problem).
+# each entry (0 on masked rows / columns and, once its residual has risen, on the whole problem), and the scaling
+# domain's ``hold_x`` / ``hold_y`` = 1 - overshoot.
 State = dict[str, Tensor]
 Step = Callable[[State, State], State]
 Marginals = Callable[[State, State], tuple[Tensor, Tensor, Tensor, Tensor]]
@@ -81,13 +83,15 @@ class _ScalingDomain:
     def step(st: State, c: State) -> State:
         # Row-vector-times-matrix products: on CPU, bmm is several times faster in this form than as (K @ y).
         s = st["s"]
-        x = torch.minimum(c["a"] / (s * st["ky"]), c["ub"])
         if "relax_x" in c:
-            x = _relax_scaling(x, st["x"], c["relax_x"], c["ub"])
+            x = _relax_scaling(c["a"] / (s * st["ky"]), st["x"], c["relax_x"], c["hold_x"], c["ub"])
+        else:
+            x = torch.minimum(c["a"] / (s * st["ky"]), c["ub"])
         ktx = torch.bmm(x, c["k"])
-        y = torch.minimum(c["b"] / (s * ktx), c["ub"])
         if "relax_y" in c:
-            y = _relax_scaling(y, st["y"], c["relax_y"], c["ub"])
+            y = _relax_scaling(c["b"] / (s * ktx), st["y"], c["relax_y"], c["hold_y"], c["ub"])
+        else:
+            y = torch.minimum(c["b"] / (s * ktx), c["ub"])
         s = c["m"] / torch.bmm(ktx, y.mT)
         ky = torch.bmm(y, c["kt"])
         return {"x": x, "y": y, "s": s, "ky": ky, "ktx": ktx}
@@ -140,12 +144,14 @@ class _ScalingDomain:
         }
 
 
-def _relax_scaling(new: Tensor, old: Tensor, overshoot: Tensor, ub: Tensor) -> Tensor:
-    """Over-relaxed scaling ``new (1 + w (new / old - 1))``, kept <= ub: to first order in log space the same as
-    ``old^(1 - omega) new^omega`` with ``w = omega - 1`` (0 = plain step), without a pow, and >= new (1 - w) > 0.
-    ``old`` is 0 only on masked entries, whose overshoot is 0."""
+def _relax_scaling(new: Tensor, old: Tensor, overshoot: Tensor, hold: Tensor, ub: Tensor) -> Tensor:
+    """Over-relaxed scaling ``min(ub, new (1 - w + w new / old))`` from the unclipped Bregman update ``new``, with
+    ``w = omega - 1`` (0 = plain step) and ``hold = 1 - w``: to first order in log space ``old^(1 - omega)
+    new^omega``, without a pow, and >= new (1 - w) > 0. Clipping ``new`` first would give the same result (with
+    old <= ub, an update above ub stays above it), at one more pass. ``old`` is 0 only on masked entries, where
+    ``new`` is 0 too."""
     ratio = new / old.clamp_min(torch.finfo(new.dtype).tiny)
-    return torch.minimum(torch.addcmul(new, overshoot, new * (ratio - 1)), ub)
+    return torch.minimum(new * torch.addcmul(hold, overshoot, ratio), ub)
 
 
 class _LogDomain:

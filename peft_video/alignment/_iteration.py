@@ -79,8 +79,8 @@ def _solve(
     partial = const["m"].flatten() < 1  # acceleration is for partial problems (mass 1 runs plain Sinkhorn)
     if accelerate and _OVERRELAX != 1:
         overshoot = torch.where(const["m"] < 1, _OVERRELAX - 1, 0.0).to(const["m"].dtype)
-        work["relax_x"] = torch.where(const["a"] > 0, overshoot, 0.0)
-        work["relax_y"] = torch.where(const["b"] > 0, overshoot, 0.0)
+        rows, cols = torch.where(const["a"] > 0, overshoot, 0.0), torch.where(const["b"] > 0, overshoot, 0.0)
+        _set_relaxation(work, rows, cols)
     newton_steps = torch.zeros(batch, dtype=torch.long, device=device)
     last_res = torch.full((batch,), math.inf, dtype=const["a"].dtype, device=device)
     # (batch ids, n_iter, residual, newton steps, state) of recorded problems
@@ -152,14 +152,22 @@ def _accelerate(
     """At a check: stop over-relaxing problems whose residual rose; from _NEWTON_AFTER on, plain steps only and a
     Newton step for every open partial problem. Updates ``work`` in place; returns state, residual, step counts."""
     if it >= _NEWTON_AFTER:
-        work.pop("relax_x", None)
-        work.pop("relax_y", None)
+        for key in _RELAX_KEYS:
+            work.pop(key, None)
         return _newton_open(domain, st, work, res, open_, newton_steps)
     if "relax_x" in work:
         rose = (res > last_res)[:, None, None]
-        work["relax_x"] = torch.where(rose, 0.0, work["relax_x"])
-        work["relax_y"] = torch.where(rose, 0.0, work["relax_y"])
+        rows, cols = torch.where(rose, 0.0, work["relax_x"]), torch.where(rose, 0.0, work["relax_y"])
+        _set_relaxation(work, rows, cols)
     return st, res, newton_steps
+
+
+_RELAX_KEYS = ("relax_x", "relax_y", "hold_x", "hold_y")
+
+
+def _set_relaxation(work: State, relax_x: Tensor, relax_y: Tensor) -> None:
+    """Store the per-entry overshoots omega - 1 and their complements 1 - (omega - 1) in ``work``."""
+    work.update(relax_x=relax_x, relax_y=relax_y, hold_x=1 - relax_x, hold_y=1 - relax_y)
 
 
 def _newton_open(
@@ -168,8 +176,12 @@ def _newton_open(
     """A Newton step for the problems in ``open_`` (the rest untouched); returns state, residual, step counts."""
     if not bool(open_.any()):
         return st, res, newton_steps
+    if bool(open_.all()):  # no copies of the kernel for a full working set
+        stepped, accepted = _newton(domain, st, c)
+        res = _residual(domain.marginals, stepped, c).to(res.dtype)
+        return stepped, res, newton_steps + accepted.long()
     sel = open_.nonzero()[:, 0]
-    sub_c = {k: v[sel] for k, v in c.items()}
+    sub_c = {k: v[sel] for k, v in c.items() if k != "kt"}  # a Newton step and the residual never use K^T
     stepped, accepted = _newton(domain, {k: v[sel] for k, v in st.items()}, sub_c)
     st = {k: v.index_copy(0, sel, stepped[k]) for k, v in st.items()}
     res = res.index_copy(0, sel, _residual(domain.marginals, stepped, sub_c).to(res.dtype))
