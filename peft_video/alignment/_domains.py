@@ -1,5 +1,5 @@
 """The partial-OT iteration's two state representations (scaling and log domain): one Bregman step each, their
-marginals, plans and entropies, and the optimality residual every stopping test uses."""
+marginals, plans and the plans' ``sum T log(T / K)``, and the optimality residual every stopping test uses."""
 
 from __future__ import annotations
 

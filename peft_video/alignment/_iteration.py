@@ -31,6 +31,7 @@ class _Solved(NamedTuple):
     residual: Tensor
     n_newton: Tensor
     log_ratio: Tensor  # sum T log(T / K) of the plan, from the domain's state (the caller adds sum T log K)
+    mass: Tensor  # sum T of the plan (non-finite if any entry is)
 
     def put(self, idx: Tensor, part: _Solved) -> _Solved:
         """These results with problems ``idx`` replaced by ``part``'s."""
@@ -129,12 +130,14 @@ def _solve(
     final = {k: _scatter(order, [f[4][k] for f in found]) for k in found[0][4]}
     plan = domain.plan(final, const) if with_plan else const["a"].new_empty(0)
     log_ratio = domain.log_ratio(final, const, plan) if with_plan else const["a"].new_empty(0)
+    mass = plan.sum((-2, -1)) if with_plan else const["a"].new_empty(0)
     solved = _Solved(
         plan,
         _scatter(order, [f[1] for f in found]),
         _scatter(order, [f[2] for f in found]),
         _scatter(order, [f[3] for f in found]),
         log_ratio,
+        mass,
     )
     return solved, final
 

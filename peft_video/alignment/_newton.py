@@ -29,7 +29,8 @@ def _newton(domain: _ScalingDomain | _LogDomain, st: State, c: State) -> tuple[S
     kernel, u, v, w, ub_u, ub_v = domain.log_view(st, c)
     a, b, m = c["a"][:, 0].double(), c["b"][:, 0].double(), c["m"][:, 0, 0].double()
     real_rows, real_cols = a > 0, b > 0
-    plan = torch.mul(w.exp()[:, None, None] * u.exp()[:, :, None], kernel).mul_(v.exp()[:, None, :])  # one allocation
+    row_scale = w.exp()[:, None, None] * u.exp()[:, :, None]
+    plan = torch.mul(row_scale, kernel).mul_(v.exp()[:, None, :])  # one full-size allocation
     rows, cols = plan.sum(-1), plan.sum(-2)
     active_rows = ((u < ub_u) | (rows > a)) & real_rows
     active_cols = ((v < ub_v) | (cols > b)) & real_cols

@@ -101,9 +101,8 @@ def partial_ot(
     ``tau`` is the entropic regularisation (paper: 0.05). Iteration stops, per problem, once the optimality
     residual (row and column marginal violation, complementary slackness ``|rowsum - a|`` on rows whose dual is
     active and total-mass violation, summed and divided by ``mass``) is at most ``tol``, checked every 10
-    iterations. In practice the
-    regularised cost is then within about 1.5 * tol of its limit (relative); POT's rule, the change of the plan over
-    an iteration, can instead stop on a plateau far from it. Problems still above ``tol`` after ``max_iter``
+    iterations. In practice the regularised cost is then within about 1.5 * tol of its limit (relative); POT's rule,
+    the change of the plan over an iteration, can instead stop on a plateau far from it. Problems still above ``tol`` after ``max_iter``
     iterations are flagged in ``converged`` and a :class:`ConvergenceWarning` is issued. Costs are shifted per
     problem (the plan is shift invariant) and problems whose ``cost range / tau`` would under- or overflow the
     scaling form (above 40 in float32, 300 in float64: ``tau`` below about 0.05 for costs spread over [0, 2] in
@@ -125,9 +124,9 @@ def partial_ot(
     iterations to under 100. Problems the accelerated run leaves above ``tol`` are solved again with the plain
     iteration, whose result is kept where it is closer (``n_iter`` then counts both runs, up to 2 * ``max_iter``):
     acceleration never ends further from the solution than POT's iteration. Accelerated float64 problems in the
-    scaling domain iterate in float32 first (to ``tol / 2``) and finish in float64, where the stopping test is made. ``accelerate=False``, mass 1 and
-    ``differentiable=True`` run POT's iteration exactly (iterate for iterate). The stopping test and its guarantee
-    are the same either way.
+    scaling domain iterate in float32 first (to ``tol / 2``) and finish in float64, where the stopping test is made.
+    ``accelerate=False``, mass 1 and ``differentiable=True`` run POT's iteration exactly (iterate for iterate). The
+    stopping test and its guarantee are the same either way.
     ``compile=True`` runs the iterations through ``torch.compile`` (a compilation per process, seconds): faster on
     CPU, where per-operation dispatch is a large part of each iteration.
     """
@@ -189,7 +188,7 @@ def partial_ot(
         if differentiable:
             neg_entropy = torch.xlogy(used, used).sum((-2, -1))
         else:  # sum T log T = sum T log(T / K) + sum T log K, and tau sum T log K = lo sum T - <T, C>
-            kernel_part = (lo * plan.sum((-2, -1)) - transport.detach()) / tau
+            kernel_part = (lo * solved.mass - transport.detach()) / tau  # mass: the plan's (masked entries 0)
             neg_entropy = solved.log_ratio + kernel_part
         reg = transport + tau * neg_entropy
 
@@ -339,7 +338,7 @@ def _solve_split(
         if accelerate:
             solved = _retry_plain(domain, sub, max_iter, tol, compile, solved)
         if domain is _ScalingDomain:
-            bad = ~torch.isfinite(solved.plan.sum((-2, -1)))  # any nan / inf entry makes the sum non-finite
+            bad = ~torch.isfinite(solved.mass)  # any nan / inf entry makes the sum non-finite
             if bool(bad.any()):
                 use_log = use_log.index_put((idx[bad],), torch.tensor(True, device=use_log.device))
         out = solved if whole else _placed(out, batch, idx, solved)
