@@ -184,7 +184,7 @@ def _newton_open(
         res = _residual(domain.marginals, stepped, c).to(res.dtype)
         return stepped, res, newton_steps + accepted.long()
     sel = open_.nonzero()[:, 0]
-    sub_c = {k: v[sel] for k, v in c.items() if k != "kt"}  # a Newton step and the residual never use K^T
+    sub_c = {k: v[sel] for k, v in c.items()}
     stepped, accepted = _newton(domain, {k: v[sel] for k, v in st.items()}, sub_c)
     st = {k: v.index_copy(0, sel, stepped[k]) for k, v in st.items()}
     res = res.index_copy(0, sel, _residual(domain.marginals, stepped, sub_c).to(res.dtype))

@@ -389,7 +389,7 @@ def _solve_float64_via_float32(
     x, y = st32["x"].double(), st32["y"].double()
     ktx = torch.bmm(x, c64["k"])
     s = c64["m"] / torch.bmm(ktx, y.mT)  # the float64 s-update: total mass exactly m again
-    start = {"x": x, "y": y, "s": s, "ky": torch.bmm(y, c64["kt"]), "ktx": ktx}
+    start = {"x": x, "y": y, "s": s, "ky": torch.bmm(y, c64["k"].mT), "ktx": ktx}
     second = _solve(domain64, max_iter, tol, True, compile, start=start)[0]
     return second._replace(n_iter=second.n_iter + first.n_iter, n_newton=second.n_newton + first.n_newton)
 
