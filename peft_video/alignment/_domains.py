@@ -72,7 +72,7 @@ class _ScalingDomain:
             "y": torch.ones_like(c["b"]),
             "s": c["m"] / ky.sum(-1, keepdim=True),
             "ky": ky,
-            "ktx": k.sum(-2, keepdim=True),
+            "ktx": torch.zeros_like(c["b"]),  # overwritten by the first step before anything reads it
         }
 
     @staticmethod
@@ -80,12 +80,14 @@ class _ScalingDomain:
         # Row-vector-times-matrix products: on CPU, bmm is several times faster in this form than as (K @ y).
         s = st["s"]
         if "relax_x" in c:
-            x = _relax_scaling(c["a"] / (s * st["ky"]), st["x"], c["relax_x"], c["hold_x"], c["ub"])
+            x = _relax_scaling(
+                c["a"] / (s * st["ky"]), _nonzero(st["x"], c), c["relax_x"], c["hold_x"], c["ub"]
+            )
         else:
             x = torch.minimum(c["a"] / (s * st["ky"]), c["ub"])
         ktx = torch.bmm(x, c["k"])
         if "relax_y" in c:
-            y = _relax_scaling(c["b"] / (s * ktx), st["y"], c["relax_y"], c["hold_y"], c["ub"])
+            y = _relax_scaling(c["b"] / (s * ktx), _nonzero(st["y"], c), c["relax_y"], c["hold_y"], c["ub"])
         else:
             y = torch.minimum(c["b"] / (s * ktx), c["ub"])
         s = c["m"] / torch.bmm(ktx, y.mT)
@@ -114,8 +116,8 @@ class _ScalingDomain:
         """``sum T log(T / K)`` from log T - log K = log s + log x_i + log y_j: no pass over the plan (0 log 0 = 0 on
         masked rows and columns)."""
         rows, cols = st["s"] * st["x"] * st["ky"], st["s"] * st["y"] * st["ktx"]
-        scalings = rows.sum(-1) * st["s"][..., 0].log() + torch.xlogy(rows, st["x"]).sum(-1)
-        return (scalings + torch.xlogy(cols, st["y"]).sum(-1))[:, 0]
+        scalings = rows.sum(-1) * st["s"][..., 0].log() + _xlogy(rows, st["x"]).sum(-1)
+        return (scalings + _xlogy(cols, st["y"]).sum(-1))[:, 0]
 
     @staticmethod
     def log_view(st: State, c: State) -> LogView:
@@ -142,13 +144,19 @@ class _ScalingDomain:
         }
 
 
+def _nonzero(old: Tensor, c: State) -> Tensor:
+    """``old`` with zeros (masked rows / columns) raised to the smallest normal number, so that ``new / old`` is 0
+    there rather than nan; a no-op, skipped, when the batch has no zero weight (``zero_weights`` not in ``c``)."""
+    return old.clamp_min(torch.finfo(old.dtype).tiny) if "zero_weights" in c else old
+
+
 def _relax_scaling(new: Tensor, old: Tensor, overshoot: Tensor, hold: Tensor, ub: Tensor) -> Tensor:
     """Over-relaxed scaling ``min(ub, new (1 - w + w new / old))`` from the unclipped Bregman update ``new``, with
     ``w = omega - 1`` (0 = plain step) and ``hold = 1 - w``: to first order in log space ``old^(1 - omega)
     new^omega``, without a pow, and >= new (1 - w) > 0. Clipping ``new`` first would give the same result (with
-    old <= ub, an update above ub stays above it), at one more pass. ``old`` is 0 only on masked entries, where
-    ``new`` is 0 too."""
-    ratio = new / old.clamp_min(torch.finfo(new.dtype).tiny)
+    old <= ub, an update above ub stays above it), at one more pass. ``old`` comes through :func:`_nonzero`: it is 0
+    only on zero-weight entries, where ``new`` is 0 too."""
+    ratio = new / old
     return torch.minimum(new * torch.addcmul(hold, overshoot, ratio), ub)
 
 
@@ -270,6 +278,11 @@ class _LogDomain:
             "ky": torch.log(ky).clamp_min(_LOG_ZERO)[:, None].to(dt),
             "ktx": torch.log(ktx).clamp_min(_LOG_ZERO)[:, None].to(dt),
         }
+
+
+def _xlogy(weight: Tensor, x: Tensor) -> Tensor:
+    """``weight * log(x)`` with 0 where ``x`` is 0 (then ``weight`` is 0 too); torch.xlogy is far slower on CPU."""
+    return weight * torch.log(x).clamp_min(_LOG_ZERO)
 
 
 def _relax_log(new: Tensor, old: Tensor, overshoot: Tensor, ub: Tensor) -> Tensor:

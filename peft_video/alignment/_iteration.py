@@ -82,6 +82,9 @@ def _solve(
         overshoot = torch.where(const["m"] < 1, _OVERRELAX - 1, 0.0).to(const["m"].dtype)
         rows, cols = torch.where(const["a"] > 0, overshoot, 0.0), torch.where(const["b"] > 0, overshoot, 0.0)
         _set_relaxation(work, rows, cols)
+        if not bool((const["a"] > 0).all() & (const["b"] > 0).all()):
+            # Marks a batch with zero weights (masked rows / columns), where the relaxed step must guard its divisor.
+            work["zero_weights"] = torch.ones_like(const["m"], dtype=torch.bool)
     newton_steps = torch.zeros(batch, dtype=torch.long, device=device)
     last_res = torch.full((batch,), math.inf, dtype=const["a"].dtype, device=device)
     # (batch ids, n_iter, residual, newton steps, state) of recorded problems
