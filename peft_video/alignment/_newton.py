@@ -48,7 +48,7 @@ def _newton(domain: _ScalingDomain | _LogDomain, st: State, c: State) -> tuple[S
     cw = w[:, None] + lengths * dw[:, None]
     eu, ev, ew = cu.exp(), cv.exp(), cw.exp()[..., None]
     c_ky = torch.bmm(kernel, ev.mT).mT  # (B, S, N_V)
-    c_rows, c_cols = ew * eu * c_ky, ew * ev * torch.bmm(eu, kernel)
+    c_rows = ew * eu * c_ky
     a_, b_, m_ = a[:, None], b[:, None], m[:, None]
 
     def objective(u: Tensor, v: Tensor, w: Tensor, total: Tensor) -> Tensor:
@@ -61,12 +61,15 @@ def _newton(domain: _ScalingDomain | _LogDomain, st: State, c: State) -> tuple[S
         return _optimality_residual(rows, cols, u < ub_u[:, None], v < ub_v[:, None], a_, b_, m_)
 
     now = objective(u[:, None], v[:, None], w[:, None], rows.sum(-1, keepdim=True))
-    now_res = residual(u[:, None], v[:, None], rows[:, None], cols[:, None])
     value = objective(cu, cv, cw, c_rows.sum(-1))
     # Near the solution phi changes by less than its rounding error: there a step that keeps phi within rounding
-    # and lowers the residual counts as progress.
-    slack = 1e-12 * (now.abs() + 1)
-    lower = (value < now) | ((value <= now + slack) & (residual(cu, cv, c_rows, c_cols) < now_res))
+    # and lowers the residual counts as progress (evaluated only where some candidate is that flat).
+    lower = value < now
+    flat = (value <= now + 1e-12 * (now.abs() + 1)) & ~lower
+    if bool(flat.any()):
+        c_cols = ew * ev * torch.bmm(eu, kernel)
+        now_res = residual(u[:, None], v[:, None], rows[:, None], cols[:, None])
+        lower = lower | (flat & (residual(cu, cv, c_rows, c_cols) < now_res))
     ok = solved[:, None] & torch.isfinite(value) & lower
     accepted = ok.any(-1)
     pick = ok.float().argmax(-1)  # the first acceptable, i.e. the longest acceptable step
