@@ -9,9 +9,9 @@ from torch import Tensor
 from ._domains import State, _LogDomain, _optimality_residual, _ScalingDomain
 
 # Step lengths tried, per problem: the longest that lowers the dual objective is kept.
-_NEWTON_STEPS = (1.0, 0.25, 0.0625)
+_NEWTON_STEPS = (1.0, 0.5, 0.25, 0.125)
 # Trust region: the largest change of any log-scaling in one Newton step.
-_NEWTON_MAX_MOVE = 1.0
+_NEWTON_MAX_MOVE = 2.0
 # Relative diagonal ridge on the reduced Newton system (keeps Cholesky defined near singular).
 _NEWTON_RIDGE = 1e-9
 
@@ -22,7 +22,7 @@ def _newton(domain: _ScalingDomain | _LogDomain, st: State, c: State) -> tuple[S
     In log-scalings (u, v, w) = (log x, log y, log s), T = e^w diag(e^u) K diag(e^v) and the dual objective to
     minimise is ``phi = sum T - a.u - b.v - m w`` subject to ``u <= log ub``, ``v <= log ub``: its gradient is the
     marginal violation. Newton runs on the rows and columns whose bound is active (u < bound, or a row sum above a)
-    with the others held at their bound, then clips to the bound; of the step lengths 1, 1/4, 1/16 the first that
+    with the others held at their bound, then clips to the bound; of the step lengths 1, 1/2, 1/4, 1/8 the first that
     lowers phi (or, once phi is flat to rounding, the residual) is kept, then s is rescaled to the exact total mass;
     a problem with none keeps its state. float64 throughout.
     """
