@@ -124,7 +124,7 @@ def partial_ot(
     iterations to under 100. Problems the accelerated run leaves above ``tol`` are solved again with the plain
     iteration, whose result is kept where it is closer (``n_iter`` then counts both runs, up to 2 * ``max_iter``):
     acceleration never ends further from the solution than POT's iteration. Accelerated float64 problems in the
-    scaling domain iterate in float32 first (to ``tol / 2``) and finish in float64, where the stopping test is made.
+    scaling domain iterate in float32 first (to ``0.9 * tol``) and finish in float64, where the stopping test is made.
     ``accelerate=False``, mass 1 and ``differentiable=True`` run POT's iteration exactly (iterate for iterate). The
     stopping test and its guarantee are the same either way.
     ``compile=True`` runs the iterations through ``torch.compile`` (a compilation per process, seconds): faster on
@@ -362,8 +362,10 @@ def _solve_float64_via_float32(
     compile: bool,
 ) -> _Solved:
     """Scaling-domain float64 problems (``sub``: kernel, a, b, m; ``spread``: cost ranges): iterate in float32 to
-    ``tol / 2`` (at least 1e-6), then go on in float64 from there until the float64 residual is <= ``tol``; n_iter
-    and n_newton count both phases.
+    ``0.9 * tol`` (at least 1e-6), then go on in float64 from there until the float64 residual is <= ``tol``; n_iter
+    and n_newton count both phases. The margin covers float32 rounding, which moves the residual by a few 1e-6 of
+    the mass: with it the float64 phase rarely iterates, and a tighter float32 target (tol / 2 was tried) costs a
+    few percent more float32 iterations for nothing.
 
     Each iteration is two memory-bound matrix-vector products, so float32 halves its cost; the float64 phase starts
     next to the solution (often already within ``tol``, at most a few Newton steps for tight ``tol``), and the
@@ -384,7 +386,7 @@ def _solve_float64_via_float32(
     domain64 = _ScalingDomain(*sub)
     f32 = torch.float32
     domain32 = _ScalingDomain(kernel.to(f32), a.to(f32), b.to(f32), m.to(f32))
-    first, st32 = _solve(domain32, max_iter, max(tol / 2, 1e-6), True, compile, with_plan=False)
+    first, st32 = _solve(domain32, max_iter, max(0.9 * tol, 1e-6), True, compile, with_plan=False)
     c64 = domain64.const
     x, y = st32["x"].double(), st32["y"].double()
     ktx = torch.bmm(x, c64["k"])
