@@ -41,7 +41,8 @@ def _exponent(cost: Tensor, lo: Tensor, valid: Tensor | None, tau: float, fill: 
 State = dict[str, Tensor]
 Step = Callable[[State, State], State]
 Marginals = Callable[[State, State], tuple[Tensor, Tensor, Tensor, Tensor]]
-# (kernel, log x, log y, log s, log upper bounds of x and y), float64, per problem: what a Newton step works on.
+# (kernel, log x, log y, log s, log upper bounds of x and y), in the state's dtype, per problem: what a Newton step
+# works on.
 LogView = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
 
 
@@ -121,12 +122,12 @@ class _ScalingDomain:
 
     @staticmethod
     def log_view(st: State, c: State) -> LogView:
-        ub = torch.log(c["ub"][:, 0].double())
+        ub = torch.log(c["ub"][:, 0])
         return (
-            c["k"].double(),
-            torch.log(st["x"][:, 0].double()),
-            torch.log(st["y"][:, 0].double()),
-            torch.log(st["s"][:, 0, 0].double()),
+            c["k"],
+            torch.log(st["x"][:, 0]),
+            torch.log(st["y"][:, 0]),
+            torch.log(st["s"][:, 0, 0]),
             ub.expand(-1, c["a"].shape[-1]),
             ub.expand(-1, c["b"].shape[-1]),
         )
@@ -134,13 +135,12 @@ class _ScalingDomain:
     @staticmethod
     def from_log(st: State, u: Tensor, v: Tensor, w: Tensor, ky: Tensor, ktx: Tensor) -> State:
         """The state for log-scalings (u, v, w) with kernel products ``ky = K e^v`` and ``ktx = e^u K``."""
-        dt = st["x"].dtype
         return {
-            "x": u.exp()[:, None].to(dt),
-            "y": v.exp()[:, None].to(dt),
-            "s": w.exp()[:, None, None].to(dt),
-            "ky": ky[:, None].to(dt),
-            "ktx": ktx[:, None].to(dt),
+            "x": u.exp()[:, None],
+            "y": v.exp()[:, None],
+            "s": w.exp()[:, None, None],
+            "ky": ky[:, None],
+            "ktx": ktx[:, None],
         }
 
 
@@ -257,26 +257,25 @@ class _LogDomain:
     def log_view(st: State, c: State) -> LogView:
         # exp(k) is the plan's magnitude once increments are absorbed (entries <= 1); masked ones give exactly 0.
         return (
-            torch.exp(st["k"].double()),
-            st["x"][:, 0].double(),
-            st["y"][:, 0].double(),
-            st["s"][:, 0, 0].double(),
-            st["ubx"][:, 0].double(),
-            st["uby"][:, 0].double(),
+            torch.exp(st["k"]),
+            st["x"][:, 0],
+            st["y"][:, 0],
+            st["s"][:, 0, 0],
+            st["ubx"][:, 0],
+            st["uby"][:, 0],
         )
 
     @staticmethod
     def from_log(st: State, u: Tensor, v: Tensor, w: Tensor, ky: Tensor, ktx: Tensor) -> State:
-        dt = st["x"].dtype
         return {
             "k": st["k"],
             "ubx": st["ubx"],
             "uby": st["uby"],
-            "x": u[:, None].to(dt),
-            "y": v[:, None].to(dt),
-            "s": w[:, None, None].to(dt),
-            "ky": torch.log(ky).clamp_min(_LOG_ZERO)[:, None].to(dt),
-            "ktx": torch.log(ktx).clamp_min(_LOG_ZERO)[:, None].to(dt),
+            "x": u[:, None],
+            "y": v[:, None],
+            "s": w[:, None, None],
+            "ky": torch.log(ky).clamp_min(_LOG_ZERO)[:, None],
+            "ktx": torch.log(ktx).clamp_min(_LOG_ZERO)[:, None],
         }
 
 

@@ -15,8 +15,10 @@ from ._domains import _LOG_ZERO, State, _LogDomain, _optimality_residual, _Scali
 _NEWTON_STEPS = (1.0, 0.5, 0.25, 0.125)
 # Trust region: the largest change of any log-scaling in one Newton step.
 _NEWTON_MAX_MOVE = 2.0
-# Relative diagonal ridge on the reduced Newton system (keeps Cholesky defined near singular).
-_NEWTON_RIDGE = 1e-9
+# Per working dtype: the relative diagonal ridge on the reduced Newton system (keeps Cholesky defined near singular),
+# and the relative change of the dual objective below which it counts as flat to rounding.
+_NEWTON_RIDGE = {torch.float32: 1e-6, torch.float64: 1e-9}
+_NEWTON_FLAT = {torch.float32: 1e-6, torch.float64: 1e-12}
 
 
 def _newton(domain: _ScalingDomain | _LogDomain, st: State, c: State) -> tuple[State, Tensor]:
@@ -27,12 +29,17 @@ def _newton(domain: _ScalingDomain | _LogDomain, st: State, c: State) -> tuple[S
     marginal violation. Newton runs on the rows and columns whose bound is active (u < bound, or a row sum above a)
     with the others held at their bound, then clips to the bound; of the step lengths 1, 1/2, 1/4, 1/8 the first that
     lowers phi (or, once phi is flat to rounding, the residual) is kept, then s is rescaled to the exact total mass;
-    a problem with none keeps its state. float64 throughout. The duals are handled as one vector z = [u, v, w] (and
-    the weights as [a, b, m]): on CPU a Newton step costs mostly per-operation dispatch, so fewer, larger operations.
+    a problem with none keeps its state. The duals are handled as one vector z = [u, v, w] (and the weights as
+    [a, b, m]): on CPU a Newton step costs mostly per-operation dispatch, so fewer, larger operations.
+
+    It runs in the state's dtype. float32 suffices: a step is only a proposal that the objective (or residual) test
+    accepts or rejects, so the direction's rounding error can slow a step, never corrupt the result. float64 on a
+    float32 state would take a copy of the kernel and twice the memory traffic: on PVLA-shaped batches a call takes
+    about twice as long, for the same accepted steps.
     """
     kernel, u, v, w, ub_u, ub_v = domain.log_view(st, c)
     n_v, n_l = u.shape[-1], v.shape[-1]
-    a, b, m = c["a"][:, 0].double(), c["b"][:, 0].double(), c["m"][:, 0, 0].double()
+    a, b, m = c["a"][:, 0], c["b"][:, 0], c["m"][:, 0, 0]
     plan = torch.mul((u + w[:, None]).exp()[:, :, None], kernel).mul_(v.exp()[:, None, :])  # one allocation
     rows, cols = plan.sum(-1), plan.sum(-2)
     active_rows = ((u < ub_u) | (rows > a)) & (a > 0)
@@ -58,7 +65,7 @@ def _newton(domain: _ScalingDomain | _LogDomain, st: State, c: State) -> tuple[S
     # Near the solution phi changes by less than its rounding error: there a step that keeps phi within rounding
     # and lowers the residual counts as progress (evaluated only where some candidate is that flat).
     lower = value < now[:, None]
-    flat = (value <= (now + 1e-12 * (now.abs() + 1))[:, None]) & ~lower
+    flat = (value <= (now + _NEWTON_FLAT[now.dtype] * (now.abs() + 1))[:, None]) & ~lower
     if bool(flat.any()):
         a_, b_, m_ = a[:, None], b[:, None], m[:, None]
         c_cols = torch.bmm(ez[..., :n_v], kernel).mul_(ez[..., n_v : n_v + n_l]).mul_(ez[..., -1:])
@@ -129,7 +136,7 @@ def _newton_direction(
     block[:, :n_l, n_l] = border
     block[:, n_l, :n_l] = border
     schur = torch.baddbmm(block, coupling.mT, scaled, alpha=-1)
-    schur.diagonal(dim1=-2, dim2=-1).mul_(1 + _NEWTON_RIDGE)
+    schur.diagonal(dim1=-2, dim2=-1).mul_(1 + _NEWTON_RIDGE[schur.dtype])
     # Matrix-vector products as row vector times matrix: on CPU several times faster than matrix times column.
     rhs = torch.baddbmm(f_rest[:, None], f_rows[:, None], scaled, alpha=-1)[:, 0]
     chol, info = torch.linalg.cholesky_ex(schur)
