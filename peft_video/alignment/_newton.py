@@ -69,12 +69,12 @@ def _newton(domain: _ScalingDomain | _LogDomain, st: State, c: State) -> tuple[S
     if bool(flat.any()):
         a_, b_, m_ = a[:, None], b[:, None], m[:, None]
         c_cols = torch.bmm(ez[..., :n_v], kernel).mul_(ez[..., n_v : n_v + n_l]).mul_(ez[..., -1:])
-        now_res = _optimality_residual(rows, cols, u < ub_u, v < ub_v, a, b, m)
+        now_res = _optimality_residual(rows, cols, u - ub_u, v - ub_v, a, b, m)
         c_res = _optimality_residual(
             c_rows,
             c_cols,
-            cz[..., :n_v] < ub_u[:, None],
-            cz[..., n_v : n_v + n_l] < ub_v[:, None],
+            cz[..., :n_v] - ub_u[:, None],
+            cz[..., n_v : n_v + n_l] - ub_v[:, None],
             a_,
             b_,
             m_,
