@@ -47,16 +47,26 @@ LogView = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
 
 
 class _ScalingDomain:
-    """State (x, y, s) with T = s diag(x) K diag(y); the bound ``ub`` is 1 for partial problems, inf for mass 1.
+    """State (x, y, s) with T = s diag(x) K diag(y); x and y are bounded by ``ubx`` / ``uby``: 1 for partial
+    problems, inf for mass 1, stored at the vectors' full shape (a (B, 1, 1) operand would make each minimum a
+    broadcasting op, ~50% slower per call on CPU).
 
     Masked entries keep K = 1 but get zero weight, so x = 0 on masked rows and y = 0 on masked columns.
     """
 
     def __init__(self, kernel: Tensor, a: Tensor, b: Tensor, m: Tensor) -> None:
         """``kernel``: K = exp((lo - C) / tau) from :func:`_exponent` (1 on masked entries)."""
-        ub = torch.where(m < 1, 1.0, math.inf).to(m.dtype)
+        ub = torch.where(m < 1, 1.0, math.inf).to(m.dtype)[:, None, None]
+        a, b = a[:, None], b[:, None]
         self.const: State = _fresh(
-            {"k": kernel, "a": a[:, None], "b": b[:, None], "m": m[:, None, None], "ub": ub[:, None, None]}
+            {
+                "k": kernel,
+                "a": a,
+                "b": b,
+                "m": m[:, None, None],
+                "ubx": ub.expand_as(a),
+                "uby": ub.expand_as(b),
+            }
         )
 
     @staticmethod
@@ -82,15 +92,15 @@ class _ScalingDomain:
         s = st["s"]
         if "relax_x" in c:
             x = _relax_scaling(
-                c["a"] / (s * st["ky"]), _nonzero(st["x"], c), c["relax_x"], c["hold_x"], c["ub"]
+                c["a"] / (s * st["ky"]), _nonzero(st["x"], c), c["relax_x"], c["hold_x"], c["ubx"]
             )
         else:
-            x = torch.minimum(c["a"] / (s * st["ky"]), c["ub"])
+            x = torch.minimum(c["a"] / (s * st["ky"]), c["ubx"])
         ktx = torch.bmm(x, c["k"])
         if "relax_y" in c:
-            y = _relax_scaling(c["b"] / (s * ktx), _nonzero(st["y"], c), c["relax_y"], c["hold_y"], c["ub"])
+            y = _relax_scaling(c["b"] / (s * ktx), _nonzero(st["y"], c), c["relax_y"], c["hold_y"], c["uby"])
         else:
-            y = torch.minimum(c["b"] / (s * ktx), c["ub"])
+            y = torch.minimum(c["b"] / (s * ktx), c["uby"])
         s = c["m"] / torch.bmm(ktx, y.mT)
         # y K^T on the transposed view: a contiguous copy of K^T is ~15% faster per float32 product, but building it
         # and copying it at each compaction cost more than that saves over a solve's few dozen iterations.
@@ -105,7 +115,7 @@ class _ScalingDomain:
     def marginals(st: State, c: State) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Row sums, column sums, and each scaling's gap to its bound (< 0: the bound is active, its dual > 0)."""
         s = st["s"]
-        return s * st["x"] * st["ky"], s * st["y"] * st["ktx"], st["x"] - c["ub"], st["y"] - c["ub"]
+        return s * st["x"] * st["ky"], s * st["y"] * st["ktx"], st["x"] - c["ubx"], st["y"] - c["uby"]
 
     @staticmethod
     def plan(st: State, c: State) -> Tensor:
@@ -122,14 +132,13 @@ class _ScalingDomain:
 
     @staticmethod
     def log_view(st: State, c: State) -> LogView:
-        ub = torch.log(c["ub"][:, 0])
         return (
             c["k"],
             torch.log(st["x"][:, 0]),
             torch.log(st["y"][:, 0]),
             torch.log(st["s"][:, 0, 0]),
-            ub.expand(-1, c["a"].shape[-1]),
-            ub.expand(-1, c["b"].shape[-1]),
+            torch.log(c["ubx"][:, 0]),
+            torch.log(c["uby"][:, 0]),
         )
 
     @staticmethod
