@@ -161,8 +161,9 @@ def _accelerate(
         for key in _RELAX_KEYS:
             work.pop(key, None)
         return _newton_open(domain, st, work, res, open_, newton_steps)
-    if "relax_x" in work:
-        rose = (res > last_res)[:, None, None]
+    rose = res > last_res
+    if "relax_x" in work and bool(rose.any()):  # rare: skipping the rewrite saves ~8 operations per check
+        rose = rose[:, None, None]
         rows, cols = torch.where(rose, 0.0, work["relax_x"]), torch.where(rose, 0.0, work["relax_y"])
         _set_relaxation(work, rows, cols)
     return st, res, newton_steps
