@@ -103,8 +103,9 @@ def _solve(
             st, res = run(domain.step, domain.absorb, domain.marginals, st, work, n)
             it += n
         if accelerate:
-            open_ = pending & partial & (res > tol)
-            st, res, newton_steps = _accelerate(domain, st, work, res, last_res, it, open_, newton_steps)
+            st, res, newton_steps = _accelerate(
+                domain, st, work, res, last_res, it, pending & partial, tol, newton_steps
+            )
             last_res = res
         done = pending & (res <= tol) if it < max_iter else pending
         if not bool(done.any()):
@@ -152,15 +153,17 @@ def _accelerate(
     res: Tensor,
     last_res: Tensor,
     it: int,
-    open_: Tensor,
+    unrecorded: Tensor,
+    tol: float,
     newton_steps: Tensor,
 ) -> tuple[State, Tensor, Tensor]:
     """At a check: stop over-relaxing problems whose residual rose; from _NEWTON_AFTER on, plain steps only and a
-    Newton step for every open partial problem. Updates ``work`` in place; returns state, residual, step counts."""
+    Newton step for every open problem (``unrecorded``: not yet recorded and partial, residual above ``tol``).
+    Updates ``work`` in place; returns state, residual, step counts."""
     if it >= _NEWTON_AFTER:
         for key in _RELAX_KEYS:
             work.pop(key, None)
-        return _newton_open(domain, st, work, res, open_, newton_steps)
+        return _newton_open(domain, st, work, res, unrecorded & (res > tol), newton_steps)
     rose = res > last_res
     if "relax_x" in work and bool(rose.any()):  # rare: skipping the rewrite saves ~8 operations per check
         rose = rose[:, None, None]
