@@ -79,10 +79,20 @@ def _solve(
     work = dict(const)
     partial = const["m"].flatten() < 1  # acceleration is for partial problems (mass 1 runs plain Sinkhorn)
     if accelerate and _OVERRELAX != 1:
-        overshoot = torch.where(const["m"] < 1, _OVERRELAX - 1, 0.0).to(const["m"].dtype)
-        rows, cols = torch.where(const["a"] > 0, overshoot, 0.0), torch.where(const["b"] > 0, overshoot, 0.0)
+        # Compares and where() cost several times a float op on CPU: the common case (every problem partial, no zero
+        # weight) fills the overshoots directly.
+        zero_weights = not bool(torch.minimum(const["a"].amin(), const["b"].amin()) > 0)
+        if zero_weights or not bool(partial.all()):
+            overshoot = torch.where(const["m"] < 1, _OVERRELAX - 1, 0.0).to(const["m"].dtype)
+            rows = torch.where(const["a"] > 0, overshoot, 0.0)
+            cols = torch.where(const["b"] > 0, overshoot, 0.0)
+        else:
+            rows, cols = (
+                torch.full_like(const["a"], _OVERRELAX - 1),
+                torch.full_like(const["b"], _OVERRELAX - 1),
+            )
         _set_relaxation(work, rows, cols)
-        if not bool((const["a"] > 0).all() & (const["b"] > 0).all()):
+        if zero_weights:
             # Marks a batch with zero weights (masked rows / columns), where the relaxed step must guard its divisor.
             work["zero_weights"] = torch.ones_like(const["m"], dtype=torch.bool)
     newton_steps = torch.zeros(batch, dtype=torch.long, device=device)

@@ -152,7 +152,12 @@ def partial_ot(
         m = _mass(mass, lead, dtype, device)
         c_full = cost.reshape(batch, n_v, n_l).to(dtype)
         # Without masks every entry is valid: skip the where() passes over the (B, N_V, N_L) tensors.
-        valid = None if (row_mask.all() and col_mask.all()) else row_mask[:, :, None] & col_mask[:, None, :]
+        valid = (
+            None
+            if (row_mask is None or row_mask.all()) and (col_mask is None or col_mask.all())
+            else _ones_if_none(row_mask, batch, n_v, device)[:, :, None]
+            & _ones_if_none(col_mask, batch, n_l, device)[:, None, :]
+        )
 
         c_solve = c_full if differentiable else c_full.detach()
         lo = _where(valid, c_solve, math.inf).amin((-2, -1)).detach()
@@ -233,11 +238,13 @@ def _broadcast(t: Tensor, name: str, shape: tuple[int, ...], expected: str) -> T
         ) from None
 
 
-def _mask(mask: Tensor | None, name: str, lead: tuple[int, ...], n: int, device: torch.device) -> Tensor:
-    """Boolean (B, n) mask, True = real entry; raise if a problem has no real entry on this side."""
+def _mask(
+    mask: Tensor | None, name: str, lead: tuple[int, ...], n: int, device: torch.device
+) -> Tensor | None:
+    """Boolean (B, n) mask, True = real entry (None: no mask given); raise if a problem has no real entry."""
     batch = math.prod(lead)
     if mask is None:
-        return torch.ones(batch, n, dtype=torch.bool, device=device)
+        return None
     if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
         got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
         raise ValueError(f"`{name}` must be a bool tensor (True = real frame/token), got {got}")
@@ -251,18 +258,24 @@ def _mask(mask: Tensor | None, name: str, lead: tuple[int, ...], n: int, device:
     return mask
 
 
+def _ones_if_none(mask: Tensor | None, batch: int, n: int, device: torch.device) -> Tensor:
+    return torch.ones(batch, n, dtype=torch.bool, device=device) if mask is None else mask
+
+
 def _marginal(
     w: Tensor | None,
     name: str,
     mask_name: str,
     lead: tuple[int, ...],
     n: int,
-    mask: Tensor,
+    mask: Tensor | None,
     dtype: torch.dtype,
     device: torch.device,
 ) -> Tensor:
-    """(B, n) weights zeroed on masked entries and normalised to sum 1 per problem."""
+    """(B, n) weights zeroed on masked entries (``mask`` None: none masked) and normalised to sum 1 per problem."""
     batch = math.prod(lead)
+    if w is None and mask is None:
+        return torch.full((batch, n), 1 / n, dtype=dtype, device=device)
     if w is None:
         w = mask.to(dtype)
     else:
@@ -273,7 +286,7 @@ def _marginal(
         w = _broadcast(w.detach().to(device, dtype), name, (*lead, n), f"(..., {n})").reshape(batch, n)
         if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
             raise ValueError(f"`{name}` must hold finite non-negative weights, got min {float(w.min())}")
-        w = torch.where(mask, w, 0.0)
+        w = w if mask is None else torch.where(mask, w, 0.0)
     total = w.sum(-1, keepdim=True)
     if bool((total <= 0).any()):
         bad = int((total[:, 0] <= 0).nonzero()[0, 0])
