@@ -102,11 +102,11 @@ def partial_ot(
     residual (row and column marginal violation, complementary slackness ``|rowsum - a|`` on rows whose dual is
     active and total-mass violation, summed and divided by ``mass``) is at most ``tol``, checked every 10
     iterations. In practice the regularised cost is then within about 1.5 * tol of its limit (relative); POT's rule,
-    the change of the plan over an iteration, can instead stop on a plateau far from it. Problems still above ``tol`` after ``max_iter``
-    iterations are flagged in ``converged`` and a :class:`ConvergenceWarning` is issued. Costs are shifted per
-    problem (the plan is shift invariant) and problems whose ``cost range / tau`` would under- or overflow the
-    scaling form (above 40 in float32, 300 in float64: ``tau`` below about 0.05 for costs spread over [0, 2] in
-    float32) run in the log domain; half and bfloat16 input is computed in float32.
+    the change of the plan over an iteration, can instead stop on a plateau far from it. Problems still above
+    ``tol`` after ``max_iter`` iterations are flagged in ``converged`` and a :class:`ConvergenceWarning` is
+    issued. Costs are shifted per problem (the plan is shift invariant) and problems whose ``cost range / tau``
+    would under- or overflow the scaling form (above 40 in float32, 300 in float64: ``tau`` below about 0.05 for
+    costs spread over [0, 2] in float32) run in the log domain; half and bfloat16 input is computed in float32.
 
     Gradient: by default the plan is computed without autograd and treated as a constant, so ``d cost / d C`` is
     the plan. That is the exact gradient of the converged *regularised* value ``reg_cost`` (envelope theorem), not
@@ -380,8 +380,8 @@ def _solve_float64_via_float32(
     the mass: with it the float64 phase rarely iterates, and a tighter float32 target (tol / 2 was tried) costs a
     few percent more float32 iterations for nothing.
 
-    Each iteration is two memory-bound matrix-vector products, so float32 halves its cost; the float64 phase starts
-    next to the solution (often already within ``tol``, at most a few Newton steps for tight ``tol``), and the
+    Each iteration is mostly two matrix-vector products, which float32 makes nearly twice as fast; the float64 phase
+    starts next to the solution (often already within ``tol``, at most a few Newton steps for tight ``tol``), and the
     stopping test is the float64 one. Problems whose cost range / tau exceeds float32's scaling limit skip the
     float32 phase.
     """
