@@ -29,8 +29,14 @@ METHODS: dict[str, Callable[[], PeftConfig]] = {
 
 
 def clip_b32() -> CLIPModel:
-    vision = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                  image_size=224, patch_size=32)
+    vision = dict(
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        image_size=224,
+        patch_size=32,
+    )
     text = dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8)
     return CLIPModel(CLIPConfig(vision_config=vision, text_config=text, projection_dim=512))
 
@@ -61,7 +67,8 @@ def check(name: str, model: torch.nn.Module, autocast: torch.dtype | None, frame
     adapter_fp32 = all(p.dtype == torch.float32 for n, p in model.named_parameters() if n in trainable)
     ok = all(torch.isfinite(torch.tensor(losses))) and changed == trainable and adapter_fp32
     return f"{'ok  ' if ok else 'FAIL'} {name:<28} losses {', '.join(f'{v:.4f}' for v in losses)}" + (
-        "" if ok else f"  changed-only-adapter={changed == trainable} adapter-fp32={adapter_fp32}")
+        "" if ok else f"  changed-only-adapter={changed == trainable} adapter-fp32={adapter_fp32}"
+    )
 
 
 def main() -> int:
@@ -76,15 +83,22 @@ def main() -> int:
     input_ids = torch.randint(0, 49000, (VIDEOS, 16), device=device)
     lines = []
     for method, make_config in METHODS.items():
-        for label, autocast, weights in [("fp32", None, torch.float32), ("fp16-autocast", torch.float16, torch.float32),
-                                         ("bf16-autocast", torch.bfloat16, torch.float32),
-                                         ("bf16-weights", torch.bfloat16, torch.bfloat16)]:
+        for label, autocast, weights in [
+            ("fp32", None, torch.float32),
+            ("fp16-autocast", torch.float16, torch.float32),
+            ("bf16-autocast", torch.bfloat16, torch.float32),
+            ("bf16-weights", torch.bfloat16, torch.bfloat16),
+        ]:
             torch.manual_seed(0)
             model = get_peft_model(copy.deepcopy(base).to(device, weights), make_config())
             lines.append(check(f"{method} {label}", model, autocast, frames, input_ids))
             print(lines[-1], flush=True)
 
-    for dtype in (torch.float32, torch.bfloat16, torch.float16):  # PVLA's solver on CUDA against float64 on CPU
+    for dtype in (
+        torch.float32,
+        torch.bfloat16,
+        torch.float16,
+    ):  # PVLA's solver on CUDA against float64 on CPU
         generator = torch.Generator().manual_seed(0)
         cost = 2 * torch.rand(256, 75, 32, generator=generator, dtype=torch.float64)
         reference = peft_video.partial_ot(cost, mass=0.5, tau=0.05, tol=1e-6, max_iter=5000).cost
@@ -92,7 +106,9 @@ def main() -> int:
         error = ((result.cost.double().cpu() - reference).abs() / reference).max().item()
         limit = 1e-3 if dtype == torch.float32 else 2e-2  # half inputs are rounded before the float32 solve
         ok = bool(torch.isfinite(result.plan).all()) and bool(result.converged.all()) and error < limit
-        lines.append(f"{'ok  ' if ok else 'FAIL'} partial_ot {str(dtype):<17} max rel. cost error {error:.1e}")
+        lines.append(
+            f"{'ok  ' if ok else 'FAIL'} partial_ot {str(dtype):<17} max rel. cost error {error:.1e}"
+        )
         print(lines[-1], flush=True)
 
     torch.manual_seed(0)  # READ: cuDNN RNN against the CPU implementation, same weights, float32

@@ -65,7 +65,9 @@ class RapConditioned(nn.Module):
 
 def rap(model: nn.Module) -> nn.Module:
     """LoRM + ASA in all 12 vision blocks; the text tower's scale/shift is not part of this image-only step."""
-    return RapConditioned(get_peft_model(model, peft_video.RapConfig(num_frames=FRAMES, text_modulation=False)))
+    return RapConditioned(
+        get_peft_model(model, peft_video.RapConfig(num_frames=FRAMES, text_modulation=False))
+    )
 
 
 # name -> builder; every builder receives a fresh copy of the same random backbone.
@@ -111,7 +113,9 @@ class Runner:
         self.times: list[float] = []
 
     def forward_loss(self) -> torch.Tensor:
-        with torch.autocast(self.frames.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+        with torch.autocast(
+            self.frames.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
+        ):
             return self.model.encode_image(self.frames).float().pow(2).mean()
 
     def step(self) -> None:
@@ -138,13 +142,17 @@ def synchronize(device: torch.device) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast dtype")
     parser.add_argument("--methods", nargs="*", default=list(METHODS))
-    parser.add_argument("--clock", choices=["wall", "process"], default="wall", help="process: this process's CPU time")
+    parser.add_argument(
+        "--clock", choices=["wall", "process"], default="wall", help="process: this process's CPU time"
+    )
     args = parser.parse_args()
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     torch.set_num_threads(args.threads)
@@ -178,9 +186,13 @@ def main() -> None:
     base = {r.name: r for r in runners}.get("floor")
     base_time = statistics.median(base.times) if base else None
     base_mem = memory["floor"][0] if base else None
-    print(f"open_clip ViT-B-32 (random init), {VIDEOS} videos x {FRAMES} frames at {IMAGE}px, device={device}, "
-          f"autocast={args.dtype}, threads={args.threads}, {args.clock} clock, median of {args.rounds} interleaved steps")
-    print(f"{'method':<12}{'trainable':>12}{'step s':>10}{'x floor':>9}{'memory GB':>11}{'x floor':>9}{'cuda peak GB':>14}")
+    print(
+        f"open_clip ViT-B-32 (random init), {VIDEOS} videos x {FRAMES} frames at {IMAGE}px, device={device}, "
+        f"autocast={args.dtype}, threads={args.threads}, {args.clock} clock, median of {args.rounds} interleaved steps"
+    )
+    print(
+        f"{'method':<12}{'trainable':>12}{'step s':>10}{'x floor':>9}{'memory GB':>11}{'x floor':>9}{'cuda peak GB':>14}"
+    )
     for runner in runners:
         median = statistics.median(runner.times)
         trainable = sum(p.numel() for p in runner.params)
@@ -188,7 +200,9 @@ def main() -> None:
         ratio_t = f"{median / base_time:.3f}" if base_time else "-"
         ratio_m = f"{mem / base_mem:.3f}" if base_mem else "-"
         peak_s = f"{peak / 1e9:.2f}" if peak is not None else "-"
-        print(f"{runner.name:<12}{trainable:>12,}{median:>10.3f}{ratio_t:>9}{mem / 1e9:>11.2f}{ratio_m:>9}{peak_s:>14}")
+        print(
+            f"{runner.name:<12}{trainable:>12,}{median:>10.3f}{ratio_t:>9}{mem / 1e9:>11.2f}{ratio_m:>9}{peak_s:>14}"
+        )
 
 
 if __name__ == "__main__":

@@ -95,7 +95,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--videos", type=int, default=64, help="size of the random training set")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--pvla_weight", type=float, default=0.1, help="weight of the PVLA term (0 switches it off)")
+    parser.add_argument(
+        "--pvla_weight", type=float, default=0.1, help="weight of the PVLA term (0 switches it off)"
+    )
     parser.add_argument(
         "--mixed_precision",
         choices=["no", "fp16", "bf16"],

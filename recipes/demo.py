@@ -31,13 +31,19 @@ QUICK = {"train_videos": 512, "eval_videos": 128, "max_steps": 300}
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="reduced run: fewer videos and steps")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--max-steps", type=int, default=None, help="override the steps per method")
     parser.add_argument("--pvla-weight", type=float, default=0.1, help="PVLA weight of the read+pvla row")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (1: these tiny models gain nothing from more, and lose a lot on a busy machine)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (1: these tiny models gain nothing from more, and lose a lot on a busy machine)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", type=Path, default=Path("outputs") / "demo")
     parser.add_argument("--progress", action="store_true", help="show per-method progress bars")
@@ -50,18 +56,37 @@ def main(argv: list[str] | None = None) -> None:
     rows, start = [], time.perf_counter()
     for method in args.methods:
         base, pvla = (method.split("+")[0], args.pvla_weight) if "+pvla" in method else (method, 0.0)
-        run_args = build_parser().parse_args([
-            "--method", base, "--pvla", str(pvla), "--seed", str(args.seed), "--threads", str(args.threads),
-            "--train-videos", str(budget["train_videos"]), "--eval-videos", str(budget["eval_videos"]),
-            "--max-steps", str(budget["max_steps"]), "--output-dir", str(args.output_dir / method), "--text-embeddings",
-            *([] if args.progress else ["--quiet"]),
-        ])
+        run_args = build_parser().parse_args(
+            [
+                "--method",
+                base,
+                "--pvla",
+                str(pvla),
+                "--seed",
+                str(args.seed),
+                "--threads",
+                str(args.threads),
+                "--train-videos",
+                str(budget["train_videos"]),
+                "--eval-videos",
+                str(budget["eval_videos"]),
+                "--max-steps",
+                str(budget["max_steps"]),
+                "--output-dir",
+                str(args.output_dir / method),
+                "--text-embeddings",
+                *([] if args.progress else ["--quiet"]),
+            ]
+        )
         began = time.perf_counter()
         row = run(run_args)
         row["wall_seconds"] = time.perf_counter() - began
         rows.append(row)
-        print(f"{method:10s} order-only {100 * row.get('order_v2t', float('nan')):5.1f}%  "
-              f"t2v R@1 {row['t2v_R@1']:5.1f}%  ({row['wall_seconds']:.0f} s)", flush=True)
+        print(
+            f"{method:10s} order-only {100 * row.get('order_v2t', float('nan')):5.1f}%  "
+            f"t2v R@1 {row['t2v_R@1']:5.1f}%  ({row['wall_seconds']:.0f} s)",
+            flush=True,
+        )
 
     total = time.perf_counter() - start
     title = f"peft-video demo: {len(rows)} methods, {budget['max_steps']} steps each, {total:.0f} s in all"

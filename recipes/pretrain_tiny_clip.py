@@ -30,12 +30,20 @@ DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "peft_video" / "assets" /
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="where save_pretrained writes the model")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--output", type=Path, default=DEFAULT_OUTPUT, help="where save_pretrained writes the model"
+    )
     parser.add_argument("--eval-only", action="store_true", help="score the model at --output, train nothing")
     parser.add_argument("--seed", type=int, default=0, help="seed of the world and of the initialisation")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads; fixed so sums reproduce (1: same bits on any core count, and fastest on busy CPUs)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads; fixed so sums reproduce (1: same bits on any core count, and fastest on busy CPUs)",
+    )
     parser.add_argument("--num-images", type=int, default=16384, help="training still frames")
     parser.add_argument("--steps", type=int, default=600, help="optimizer steps")
     parser.add_argument("--batch-size", type=int, default=256)
@@ -70,7 +78,9 @@ def train(args: argparse.Namespace) -> tuple[CLIPModel, CLIPProcessor]:
     processor = build_tiny_clip_processor()
     config = tiny_clip_config(processor, args.hidden_size, args.num_layers, args.num_heads)
     model = CLIPModel(config)
-    stills = make_frame_dataset("train", args.num_images, seed=args.seed, image_size=config.vision_config.image_size)[:]
+    stills = make_frame_dataset(
+        "train", args.num_images, seed=args.seed, image_size=config.vision_config.image_size
+    )[:]
     collator = VideoTextCollator.from_processor(processor)
     pixels = collator.pixel_values(stills["frames"])[:, 0]
     captions = stills["caption"]
@@ -81,7 +91,8 @@ def train(args: argparse.Namespace) -> tuple[CLIPModel, CLIPProcessor]:
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=args.lr
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
     )
     order = torch.Generator().manual_seed(args.seed)
     permutation, cursor = torch.randperm(len(captions), generator=order), 0
@@ -93,10 +104,17 @@ def train(args: argparse.Namespace) -> tuple[CLIPModel, CLIPProcessor]:
         cursor += args.batch_size
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr)
-        out = model(input_ids=text["input_ids"][idx], attention_mask=text["attention_mask"][idx],
-                    pixel_values=pixels[idx])
+        out = model(
+            input_ids=text["input_ids"][idx],
+            attention_mask=text["attention_mask"][idx],
+            pixel_values=pixels[idx],
+        )
         # image x text logits; targets spread evenly over every pair sharing a caption (templates repeat)
-        logits = model.logit_scale.exp() * F.normalize(out.image_embeds, dim=-1) @ F.normalize(out.text_embeds, dim=-1).T
+        logits = (
+            model.logit_scale.exp()
+            * F.normalize(out.image_embeds, dim=-1)
+            @ F.normalize(out.text_embeds, dim=-1).T
+        )
         ids = caption_ids[idx]
         loss = symmetric_info_nce(logits.T, positives=ids[:, None] == ids[None, :])
         optimizer.zero_grad(set_to_none=True)
@@ -106,7 +124,10 @@ def train(args: argparse.Namespace) -> tuple[CLIPModel, CLIPProcessor]:
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         if step % 100 == 0 or step == args.steps - 1:
-            print(f"step {step:5d}  loss {loss.item():.4f}  logit_scale {model.logit_scale.exp().item():.1f}", flush=True)
+            print(
+                f"step {step:5d}  loss {loss.item():.4f}  logit_scale {model.logit_scale.exp().item():.1f}",
+                flush=True,
+            )
     model.eval()
     return model, processor
 
@@ -122,13 +143,23 @@ def embed_videos_mean_pooled(model: CLIPModel, pixel_values: torch.Tensor, chunk
     """(B, T, 3, H, W) -> (B, D): per-frame CLIP embeddings, normalised, averaged over time, normalised."""
     b, t = pixel_values.shape[:2]
     frames = pixel_values.flatten(0, 1)
-    feats = torch.cat([model.get_image_features(pixel_values=frames[i : i + chunk]).pooler_output
-                       for i in range(0, len(frames), chunk)])
+    feats = torch.cat(
+        [
+            model.get_image_features(pixel_values=frames[i : i + chunk]).pooler_output
+            for i in range(0, len(frames), chunk)
+        ]
+    )
     return F.normalize(F.normalize(feats, dim=-1).view(b, t, -1).mean(dim=1), dim=-1)
 
 
-def both_ways_r1(model: CLIPModel, processor: CLIPProcessor, embeds: torch.Tensor, captions: list[str],
-                 to_text: str, from_text: str) -> dict[str, float]:
+def both_ways_r1(
+    model: CLIPModel,
+    processor: CLIPProcessor,
+    embeds: torch.Tensor,
+    captions: list[str],
+    to_text: str,
+    from_text: str,
+) -> dict[str, float]:
     """R@1 and its chance level both ways against the distinct captions, keyed ``{to_text}_r1``, ``{from_text}_r1``,
     ``{to_text}_chance``, ``{from_text}_chance``."""
     unique = list(dict.fromkeys(captions))
@@ -149,8 +180,11 @@ def evaluate(model: CLIPModel, processor: CLIPProcessor, args: argparse.Namespac
 
     stills = make_frame_dataset("test", args.eval_images, seed=args.seed, image_size=size)[:]
     image_embeds = embed_videos_mean_pooled(model, collator.pixel_values(stills["frames"]))
-    results.update(both_ways_r1(model, processor, image_embeds, stills["caption"],
-                                "frame_image_to_text", "frame_text_to_image"))
+    results.update(
+        both_ways_r1(
+            model, processor, image_embeds, stills["caption"], "frame_image_to_text", "frame_text_to_image"
+        )
+    )
 
     videos = make_video_dataset("test", args.eval_videos, seed=args.seed, image_size=size)[:]
     video_embeds = embed_videos_mean_pooled(model, collator.pixel_values(videos["frames"]))

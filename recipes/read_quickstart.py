@@ -17,8 +17,14 @@ import peft_video
 
 
 def tiny_vision_tower() -> CLIPVisionModel:
-    config = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                              image_size=32, patch_size=8)
+    config = CLIPVisionConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+    )
     return CLIPVisionModel(config)
 
 
@@ -40,7 +46,9 @@ def main() -> None:
     videos = torch.randn(4, args.frames, 3, 32, 32)
     target = (videos[:, -1] - videos[:, 0]).mean(dim=(1, 2, 3))
     head = torch.nn.Linear(64, 1)
-    optimizer = torch.optim.AdamW([*filter(lambda p: p.requires_grad, model.parameters()), *head.parameters()], 3e-3)
+    optimizer = torch.optim.AdamW(
+        [*filter(lambda p: p.requires_grad, model.parameters()), *head.parameters()], 3e-3
+    )
     for _ in tqdm(range(args.steps), desc="READ training"):
         hidden = model(pixel_values=peft_video.video.video_to_frame_batch(videos)).pooler_output
         pred = head(hidden.view(4, args.frames, -1)[:, -1]).squeeze(-1)
@@ -51,12 +59,15 @@ def main() -> None:
     print(f"final loss {loss.item():.4f}")
 
     model.save_pretrained(f"{workdir.name}/adapter")
-    reloaded = PeftModel.from_pretrained(CLIPVisionModel.from_pretrained(f"{workdir.name}/base"),
-                                         f"{workdir.name}/adapter").eval()
+    reloaded = PeftModel.from_pretrained(
+        CLIPVisionModel.from_pretrained(f"{workdir.name}/base"), f"{workdir.name}/adapter"
+    ).eval()
     model.eval()
     frames = peft_video.video.video_to_frame_batch(videos)
     with torch.no_grad():
-        same = torch.equal(model(pixel_values=frames).pooler_output, reloaded(pixel_values=frames).pooler_output)
+        same = torch.equal(
+            model(pixel_values=frames).pooler_output, reloaded(pixel_values=frames).pooler_output
+        )
     print(f"saved adapter reloads with identical outputs: {same}")
     workdir.cleanup()
 

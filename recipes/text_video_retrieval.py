@@ -43,28 +43,55 @@ SYNTHETIC = "synthetic"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--method", choices=METHODS, default="read")
-    parser.add_argument("--pvla", type=float, default=0.0, metavar="W", help="weight of the PVLA term (0: off)")
-    parser.add_argument("--backbone", default=None,
-                        help="HF CLIP id or local path, or open_clip:<name>; default: the shipped tiny CLIP")
+    parser.add_argument(
+        "--pvla", type=float, default=0.0, metavar="W", help="weight of the PVLA term (0: off)"
+    )
+    parser.add_argument(
+        "--backbone",
+        default=None,
+        help="HF CLIP id or local path, or open_clip:<name>; default: the shipped tiny CLIP",
+    )
     parser.add_argument("--pretrained", default=None, help="open_clip weights (tag or file); default: random")
-    parser.add_argument("--data", default=SYNTHETIC,
-                        help="'synthetic' or MSR-VTT-style training annotations (.json/.jsonl/.csv: video, caption)")
-    parser.add_argument("--eval-data", default=None, help="evaluation annotations (required with an annotation file)")
-    parser.add_argument("--video-root", default=None, help="folder the annotations' video paths / ids are under")
+    parser.add_argument(
+        "--data",
+        default=SYNTHETIC,
+        help="'synthetic' or MSR-VTT-style training annotations (.json/.jsonl/.csv: video, caption)",
+    )
+    parser.add_argument(
+        "--eval-data", default=None, help="evaluation annotations (required with an annotation file)"
+    )
+    parser.add_argument(
+        "--video-root", default=None, help="folder the annotations' video paths / ids are under"
+    )
     parser.add_argument("--train-videos", type=int, default=1024, help="synthetic training videos")
-    parser.add_argument("--eval-videos", type=int, default=256, help="synthetic test videos (held-out combinations)")
+    parser.add_argument(
+        "--eval-videos", type=int, default=256, help="synthetic test videos (held-out combinations)"
+    )
     parser.add_argument("--num-frames", type=int, default=8)
-    parser.add_argument("--max-steps", type=int, default=200, help="optimizer steps (overrides --epochs when > 0)")
+    parser.add_argument(
+        "--max-steps", type=int, default=200, help="optimizer steps (overrides --epochs when > 0)"
+    )
     parser.add_argument("--epochs", type=float, default=1.0)
-    parser.add_argument("--batch-size", type=int, default=32, help="videos per step (even: order pairs stay together)")
-    parser.add_argument("--lr", type=float, default=None, help="default: the method's (peft_video.tasks.methods)")
+    parser.add_argument(
+        "--batch-size", type=int, default=32, help="videos per step (even: order pairs stay together)"
+    )
+    parser.add_argument(
+        "--lr", type=float, default=None, help="default: the method's (peft_video.tasks.methods)"
+    )
     parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--warmup-steps", type=int, default=10)
-    parser.add_argument("--text-embeddings", action="store_true",
-                        help="also train the text tower's word embeddings (for words the backbone never learned)")
-    parser.add_argument("--logit-scale", type=float, default=None, help="fixed inverse temperature; default: CLIP's")
+    parser.add_argument(
+        "--text-embeddings",
+        action="store_true",
+        help="also train the text tower's word embeddings (for words the backbone never learned)",
+    )
+    parser.add_argument(
+        "--logit-scale", type=float, default=None, help="fixed inverse temperature; default: CLIP's"
+    )
     parser.add_argument("--dual-softmax", action="store_true", help="re-rank with DSL at evaluation")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -83,8 +110,10 @@ def load_data(args: argparse.Namespace, image_size: int) -> tuple[Any, Any]:
     if args.eval_data is None:
         raise ValueError(f"`--eval-data` is required with training annotations `--data`={args.data!r}")
     common = {"video_root": args.video_root, "num_frames": args.num_frames, "image_size": image_size}
-    return (load_video_text_dataset(args.data, split="train", **common),
-            load_video_text_dataset(args.eval_data, split="test", **common))
+    return (
+        load_video_text_dataset(args.data, split="train", **common),
+        load_video_text_dataset(args.eval_data, split="test", **common),
+    )
 
 
 def pvla_callback(model: torch.nn.Module, weight: float, num_frames: int) -> Any:
@@ -97,45 +126,74 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.batch_size % 2:
-        raise ValueError(f"`--batch-size` must be even so order-only pairs share a batch, got {args.batch_size}")
+        raise ValueError(
+            f"`--batch-size` must be even so order-only pairs share a batch, got {args.batch_size}"
+        )
     torch.manual_seed(args.seed)
     name = args.method + ("+pvla" if args.pvla else "")
     output_dir = args.output_dir or Path("outputs") / "retrieval" / name
     backbone = load_clip_backbone(args.backbone, pretrained=args.pretrained)
-    collator = VideoTextCollator(backbone.tokenizer, backbone.image_mean, backbone.image_std, backbone.image_size)
+    collator = VideoTextCollator(
+        backbone.tokenizer, backbone.image_mean, backbone.image_std, backbone.image_size
+    )
     train, test = load_data(args, backbone.image_size)
-    model = prepare_model(VideoTextRetrievalModel(backbone.model, logit_scale=args.logit_scale), args.method,
-                          args.num_frames, text_embeddings=args.text_embeddings)
+    model = prepare_model(
+        VideoTextRetrievalModel(backbone.model, logit_scale=args.logit_scale),
+        args.method,
+        args.num_frames,
+        text_embeddings=args.text_embeddings,
+    )
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    row: dict[str, Any] = {"method": name, "backbone": backbone.name, "trainable_params": trainable_parameters(model),
-                           "num_frames": args.num_frames, "steps": 0, "seconds_per_step": None}
+    row: dict[str, Any] = {
+        "method": name,
+        "backbone": backbone.name,
+        "trainable_params": trainable_parameters(model),
+        "num_frames": args.num_frames,
+        "steps": 0,
+        "seconds_per_step": None,
+    }
     if args.method != "frozen":
         lr = args.lr if args.lr is not None else DEFAULT_LEARNING_RATES[args.method]
         training_args = TrainingArguments(
-            output_dir=str(output_dir / "trainer"), per_device_train_batch_size=args.batch_size,
-            max_steps=args.max_steps if args.max_steps > 0 else -1, num_train_epochs=args.epochs,
-            learning_rate=lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
-            lr_scheduler_type="cosine", logging_steps=max(1, args.max_steps // 10), save_strategy="no",
-            report_to=[], use_cpu=device == "cpu", remove_unused_columns=False,
-            seed=args.seed, disable_tqdm=args.quiet,
+            output_dir=str(output_dir / "trainer"),
+            per_device_train_batch_size=args.batch_size,
+            max_steps=args.max_steps if args.max_steps > 0 else -1,
+            num_train_epochs=args.epochs,
+            learning_rate=lr,
+            weight_decay=args.weight_decay,
+            warmup_steps=args.warmup_steps,
+            lr_scheduler_type="cosine",
+            logging_steps=max(1, args.max_steps // 10),
+            save_strategy="no",
+            report_to=[],
+            use_cpu=device == "cpu",
+            remove_unused_columns=False,
+            seed=args.seed,
+            disable_tqdm=args.quiet,
         )
         callbacks = [pvla_callback(model, args.pvla, args.num_frames)] if args.pvla else []
-        trainer = VideoTextTrainer(model=model, args=training_args, train_dataset=train, data_collator=collator,
-                                   callbacks=callbacks)
+        trainer = VideoTextTrainer(
+            model=model, args=training_args, train_dataset=train, data_collator=collator, callbacks=callbacks
+        )
         if args.quiet:
             trainer.remove_callback(PrinterCallback)  # the per-log dicts printed when progress bars are off
         output = trainer.train()
         steps = trainer.state.global_step
-        row.update(steps=steps, learning_rate=lr, train_loss=output.training_loss,
-                   seconds_per_step=output.metrics["train_runtime"] / max(steps, 1),
-                   train_seconds=output.metrics["train_runtime"])
+        row.update(
+            steps=steps,
+            learning_rate=lr,
+            train_loss=output.training_loss,
+            seconds_per_step=output.metrics["train_runtime"] / max(steps, 1),
+            train_seconds=output.metrics["train_runtime"],
+        )
         if args.save:
             trainer.save_model(str(output_dir / "model"))
     model.to(device)
     start = time.perf_counter()
     embeddings = embed_dataset(model, test, collator, batch_size=2 * args.batch_size, progress=not args.quiet)
-    metrics = evaluate_retrieval(embeddings, test["caption"], test["video_id"], test["order_pair_id"],
-                                 dual_softmax=args.dual_softmax)
+    metrics = evaluate_retrieval(
+        embeddings, test["caption"], test["video_id"], test["order_pair_id"], dual_softmax=args.dual_softmax
+    )
     row.update(metrics, eval_seconds=time.perf_counter() - start, eval_videos=len(test))
     return row
 
@@ -145,7 +203,9 @@ def main(argv: list[str] | None = None) -> None:
     hf_logging.set_verbosity_error()
     row = run(args)
     output_dir = args.output_dir or Path("outputs") / "retrieval" / row["method"]
-    paths = write_results([row], output_dir, title=f"text-video retrieval: {row['method']} on {row['backbone']}")
+    paths = write_results(
+        [row], output_dir, title=f"text-video retrieval: {row['method']} on {row['backbone']}"
+    )
     print(paths["markdown"].read_text())
     print(f"results in {output_dir}/")
 

@@ -21,14 +21,28 @@ MARGIN = 0.08  # "clearly above": every temporal method beats the best frame-wis
 @pytest.mark.slow
 def test_quick_demo_separates_temporal_from_frame_wise_methods(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "recipes/demo.py", "--quick", "--output-dir", str(tmp_path), "--methods", *FRAME_WISE, *TEMPORAL],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "recipes/demo.py",
+            "--quick",
+            "--output-dir",
+            str(tmp_path),
+            "--methods",
+            *FRAME_WISE,
+            *TEMPORAL,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
         env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = {row["method"]: row for row in json.loads((tmp_path / "results.json").read_text())}
     assert set(FRAME_WISE + TEMPORAL) <= set(rows), sorted(rows)
-    assert (tmp_path / "accuracy_vs_params.png").is_file() and "| method |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "accuracy_vs_params.png").is_file() and "| method |" in (
+        tmp_path / "results.md"
+    ).read_text()
     for method in FRAME_WISE:
         assert abs(rows[method]["order_v2t"] - 0.5) <= CHANCE_BAND, (method, rows[method]["order_v2t"])
     best_frame_wise = max(rows[m]["order_v2t"] for m in FRAME_WISE)

@@ -71,7 +71,9 @@ def test_tie_aware_metrics_equal_the_average_over_every_tie_breaking(data):
     flags = data.draw(st.lists(st.booleans(), min_size=candidates, max_size=candidates).filter(any))
     scores, relevant = torch.tensor([values], dtype=torch.float64), torch.tensor([flags])
     ranks, hits = [], {k: [] for k in (1, 2, 3)}
-    for tie_break in itertools.permutations(range(candidates)):  # every order of equal scores is equally likely
+    for tie_break in itertools.permutations(
+        range(candidates)
+    ):  # every order of equal scores is equally likely
         order = sorted(range(candidates), key=lambda j: (-values[j], tie_break[j]))
         rank = 1 + next(pos for pos, j in enumerate(order) if flags[j])
         ranks.append(rank)
@@ -106,7 +108,10 @@ def test_ranking_rejects_bad_input_with_clear_errors():
 def test_relevance_counts_same_caption_and_same_video():
     captions = ["a grows", "a shrinks", "a grows", "b grows"]
     video_ids = ["v0", "v1", "v2", "v1"]
-    assert relevance_matrix(["x", "y"], ["y", "x", "y"]).tolist() == [[False, True, False], [True, False, True]]
+    assert relevance_matrix(["x", "y"], ["y", "x", "y"]).tolist() == [
+        [False, True, False],
+        [True, False, True],
+    ]
     assert retrieval_relevance(captions, video_ids) == [[0, 2], [1, 3], [0, 2], [1, 3]]
 
 
@@ -130,7 +135,9 @@ def test_evaluate_modules_load_from_the_package_offline():
     )
     result = json.loads(out.strip().splitlines()[-1])
     r = result["r"]
-    assert r["t2v_R@1"] == 50.0 and r["t2v_R@5"] == 100.0 and r["t2v_MnR"] == 2.0  # text 1: 0.8 and 0.75 above
+    assert (
+        r["t2v_R@1"] == 50.0 and r["t2v_R@5"] == 100.0 and r["t2v_MnR"] == 2.0
+    )  # text 1: 0.8 and 0.75 above
     # v2t: video 0 ranks text 0 (0.9 > 0.8) first; video 1 ranks text 1 (0.7 > 0.1) first
     assert r["v2t_R@1"] == 100.0 and r["v2t_MdR"] == 1.0
     assert result["d"]["t2v_R@1"] == 100.0
@@ -178,7 +185,10 @@ def test_info_nce_spreads_the_target_over_repeated_captions():
     assert torch.allclose(symmetric_info_nce(logits), plain)
     same = torch.tensor([[True, True, False], [True, True, False], [False, False, True]])
     target = torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
-    soft = -(target * logits.log_softmax(1)).sum(1).mean() / 2 - (target * logits.T.log_softmax(1)).sum(1).mean() / 2
+    soft = (
+        -(target * logits.log_softmax(1)).sum(1).mean() / 2
+        - (target * logits.T.log_softmax(1)).sum(1).mean() / 2
+    )
     assert torch.allclose(symmetric_info_nce(logits, same), soft)
 
 
@@ -274,9 +284,18 @@ def test_trainer_trains_and_saves_only_the_adapter(world, tmp_path, method):
     torch.manual_seed(0)
     model = prepare_model(VideoTextRetrievalModel(CLIPModel(tiny_clip_config(processor))), method, FRAMES)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    args = TrainingArguments(output_dir=str(tmp_path / "run"), per_device_train_batch_size=8, max_steps=3,
-                             learning_rate=1e-2, report_to=[], use_cpu=True, remove_unused_columns=False,
-                             logging_steps=1, save_strategy="no", disable_tqdm=True)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=8,
+        max_steps=3,
+        learning_rate=1e-2,
+        report_to=[],
+        use_cpu=True,
+        remove_unused_columns=False,
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+    )
     trainer = VideoTextTrainer(model=model, args=args, train_dataset=train, data_collator=collator)
     result = trainer.train()
     assert math.isfinite(result.training_loss) and trainer.state.global_step == 3
@@ -285,8 +304,9 @@ def test_trainer_trains_and_saves_only_the_adapter(world, tmp_path, method):
     trainer.save_model(str(tmp_path / "adapter"))
     saved = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
     assert saved and all(f"pv{method}_" in key for key in saved)
-    reloaded = PeftModel.from_pretrained(VideoTextRetrievalModel(CLIPModel(tiny_clip_config(processor))),
-                                         str(tmp_path / "adapter"))
+    reloaded = PeftModel.from_pretrained(
+        VideoTextRetrievalModel(CLIPModel(tiny_clip_config(processor))), str(tmp_path / "adapter")
+    )
     assert isinstance(reloaded, PeftModel)
 
 
@@ -305,8 +325,20 @@ def test_evaluation_of_a_frame_wise_model_is_at_chance_on_order_pairs(world):
 
 def test_report_writes_json_markdown_and_a_png(tmp_path):
     rows = [
-        {"method": "frozen", "trainable_params": 0, "t2v_R@1": 10.0, "order_v2t": 0.5, "seconds_per_step": None},
-        {"method": "read", "trainable_params": 2480, "t2v_R@1": 20.0, "order_v2t": 0.8, "seconds_per_step": 0.25},
+        {
+            "method": "frozen",
+            "trainable_params": 0,
+            "t2v_R@1": 10.0,
+            "order_v2t": 0.5,
+            "seconds_per_step": None,
+        },
+        {
+            "method": "read",
+            "trainable_params": 2480,
+            "t2v_R@1": 20.0,
+            "order_v2t": 0.8,
+            "seconds_per_step": 0.25,
+        },
     ]
     table = markdown_table(rows)
     assert "| read | 2,480 | 20.0 | 80.0 | 0.250 |" in table and "| frozen | 0 | 10.0 | 50.0 | — |" in table
@@ -326,9 +358,14 @@ def test_backbones_load_from_a_local_hf_dir_and_by_open_clip_name(tmp_path):
     CLIPModel(tiny_clip_config(processor)).save_pretrained(tmp_path / "hf")
     processor.save_pretrained(tmp_path / "hf")
     hf = load_clip_backbone(str(tmp_path / "hf"))
-    assert hf.image_size == 32 and hf.tokenizer(["a red circle grows"], return_tensors="pt")["input_ids"].shape == (1, 6)
-    config = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
-              "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    assert hf.image_size == 32 and hf.tokenizer(["a red circle grows"], return_tensors="pt")[
+        "input_ids"
+    ].shape == (1, 6)
+    config = {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }
     (tmp_path / "oc").mkdir()
     (tmp_path / "oc" / "peft-video-tiny-test.json").write_text(json.dumps(config))
     open_clip.add_model_config(tmp_path / "oc")
@@ -357,12 +394,33 @@ def test_recipe_trains_on_msrvtt_style_annotations(tmp_path):
         folder.mkdir(parents=True)
         for f in range(6):
             Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(folder / f"{f:03d}.png")
-        records.append({"video_id": f"video{v}", "caption": ["a red circle grows", "a blue square moves up"][v % 2]})
+        records.append(
+            {"video_id": f"video{v}", "caption": ["a red circle grows", "a blue square moves up"][v % 2]}
+        )
     (tmp_path / "train.json").write_text(json.dumps(records))
     (tmp_path / "test.json").write_text(json.dumps(records[:2]))
-    main(["--method", "read", "--data", str(tmp_path / "train.json"), "--eval-data", str(tmp_path / "test.json"),
-          "--video-root", str(tmp_path / "videos"), "--num-frames", str(FRAMES), "--max-steps", "2",
-          "--batch-size", "2", "--output-dir", str(tmp_path / "out"), "--quiet", "--save"])
+    main(
+        [
+            "--method",
+            "read",
+            "--data",
+            str(tmp_path / "train.json"),
+            "--eval-data",
+            str(tmp_path / "test.json"),
+            "--video-root",
+            str(tmp_path / "videos"),
+            "--num-frames",
+            str(FRAMES),
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--quiet",
+            "--save",
+        ]
+    )
     row = json.loads((tmp_path / "out" / "results.json").read_text())[0]
     assert row["method"] == "read" and row["steps"] == 2 and row["eval_videos"] == 2
     assert "order_v2t" not in row  # real data has no order-only pairs

@@ -99,7 +99,9 @@ def test_order_pairs_are_exact_reversals_with_reversed_captions(train_videos, te
         assert all(len(members) == 2 for members in by_pair.values())
         for a, b in by_pair.values():
             np.testing.assert_array_equal(rows["frames"][b], rows["frames"][a][::-1])
-            assert not np.array_equal(rows["frames"][a], rows["frames"][b])  # the event is not symmetric in time
+            assert not np.array_equal(
+                rows["frames"][a], rows["frames"][b]
+            )  # the event is not symmetric in time
             assert rows["caption"][a] != rows["caption"][b]
             assert parse(rows["caption"][a]) == parse(rows["caption"][b])
 
@@ -129,7 +131,7 @@ def test_held_out_combinations_appear_only_in_test(train_videos, test_videos):
     assert not train_combos & test_combos
     assert len(train_combos) + len(test_combos) == len(COLOURS) * len(SHAPES) * len(FAMILIES)
     # every attribute pair is seen in training: only the (colour, shape, family) triple is new at test time
-    for (i, j) in itertools.combinations(range(3), 2):
+    for i, j in itertools.combinations(range(3), 2):
         assert {(c[i], c[j]) for c in test_combos} <= {(c[i], c[j]) for c in train_combos}
 
 

@@ -66,12 +66,16 @@ def test_tokenizer_loads_through_auto_classes_and_knows_every_word(model, proces
     assert tokenizer.unk_token_id not in ids and len(ids) == len(vocabulary()) + 2
     assert tokenizer("A Red  circle")["input_ids"] == tokenizer("a red circle")["input_ids"]
     # the shipped tokenizer is the one the library builds
-    assert build_tiny_clip_processor().tokenizer(vocabulary())["input_ids"] == tokenizer(vocabulary())["input_ids"]
+    assert (
+        build_tiny_clip_processor().tokenizer(vocabulary())["input_ids"]
+        == tokenizer(vocabulary())["input_ids"]
+    )
 
 
 def test_text_pooling_reads_the_end_token_despite_padding(model, processor):
-    batch = processor.tokenizer(["a red circle", "a small red circle moves left to right"], padding=True,
-                                return_tensors="pt")
+    batch = processor.tokenizer(
+        ["a red circle", "a small red circle moves left to right"], padding=True, return_tensors="pt"
+    )
     with torch.no_grad():
         out = model.text_model(**batch)
         alone = model.text_model(**processor.tokenizer(["a red circle"], return_tensors="pt"))
@@ -85,7 +89,9 @@ def test_collator_matches_the_clip_image_processor(processor):
     collator = VideoTextCollator.from_processor(processor)
     ours = collator.pixel_values(frames)[:, 0]
     assert isinstance(processor.image_processor, CLIPImageProcessor)
-    theirs = processor.image_processor([Image.fromarray(f[0]) for f in frames], return_tensors="pt")["pixel_values"]
+    theirs = processor.image_processor([Image.fromarray(f[0]) for f in frames], return_tensors="pt")[
+        "pixel_values"
+    ]
     torch.testing.assert_close(ours, theirs.float(), atol=1e-5, rtol=1e-5)
 
 
@@ -95,16 +101,26 @@ def test_zero_shot_frame_retrieval_beats_chance_widely(model, processor):
     unique = list(dict.fromkeys(captions))
     collator = VideoTextCollator.from_processor(processor)
     with torch.no_grad():
-        images = model.get_image_features(pixel_values=collator.pixel_values(stills["frames"])[:, 0]).pooler_output
-        texts = model.get_text_features(**processor.tokenizer(unique, padding=True, return_tensors="pt")).pooler_output
-    similarity = torch.nn.functional.normalize(images, dim=-1) @ torch.nn.functional.normalize(texts, dim=-1).T
+        images = model.get_image_features(
+            pixel_values=collator.pixel_values(stills["frames"])[:, 0]
+        ).pooler_output
+        texts = model.get_text_features(
+            **processor.tokenizer(unique, padding=True, return_tensors="pt")
+        ).pooler_output
+    similarity = (
+        torch.nn.functional.normalize(images, dim=-1) @ torch.nn.functional.normalize(texts, dim=-1).T
+    )
     assert 1 / len(unique) < 0.02
     assert retrieval_at_1(similarity, captions, unique) > 0.6
 
 
 def test_processor_output_runs_the_model_like_a_hub_checkpoint(model, processor):
-    inputs = processor(text=["a red circle", "a blue square"], images=[Image.new("RGB", (48, 40))] * 3,
-                       padding=True, return_tensors="pt")
+    inputs = processor(
+        text=["a red circle", "a blue square"],
+        images=[Image.new("RGB", (48, 40))] * 3,
+        padding=True,
+        return_tensors="pt",
+    )
     with torch.no_grad():
         out = model(**inputs)
     assert out.logits_per_image.shape == (3, 2)
@@ -128,8 +144,17 @@ def test_pretraining_is_deterministic_and_matches_the_shipped_config(model):
         assert torch.equal(a, b), name
     built = tiny_clip_config(build_tiny_clip_processor(), args.hidden_size, args.num_layers, args.num_heads)
     for tower in ("text_config", "vision_config"):
-        for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "image_size",
-                    "patch_size", "eos_token_id", "pad_token_id", "max_position_embeddings"):
+        for key in (
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "vocab_size",
+            "image_size",
+            "patch_size",
+            "eos_token_id",
+            "pad_token_id",
+            "max_position_embeddings",
+        ):
             ours, shipped = getattr(built, tower), getattr(model.config, tower)
             assert getattr(shipped, key, None) == getattr(ours, key, None), (tower, key)
     assert np.isfinite(model.logit_scale.item())
@@ -137,11 +162,16 @@ def test_pretraining_is_deterministic_and_matches_the_shipped_config(model):
 
 def test_collator_truncates_without_losing_the_end_token_and_passes_columns(processor):
     rows = make_video_dataset("train", 2)
-    collator = VideoTextCollator.from_processor(processor, max_length=5, keep_columns=("order_pair_id", "video_id"))
+    collator = VideoTextCollator.from_processor(
+        processor, max_length=5, keep_columns=("order_pair_id", "video_id")
+    )
     batch = collator([rows[0], rows[1]])
     assert batch["pixel_values"].shape == (2, 8, 3, 32, 32) and batch["pixel_values"].dtype == torch.float32
     assert batch["input_ids"].shape == (2, 5)
     assert (batch["input_ids"][:, -1] == processor.tokenizer.eos_token_id).all()
-    assert batch["order_pair_id"].tolist() == [0, 0] and batch["video_id"] == [rows[0]["video_id"], rows[1]["video_id"]]
+    assert batch["order_pair_id"].tolist() == [0, 0] and batch["video_id"] == [
+        rows[0]["video_id"],
+        rows[1]["video_id"],
+    ]
     with pytest.raises(ValueError, match="columns"):
         collator([{"frames": rows[0]["frames"]}])

@@ -25,7 +25,8 @@ from peft_video.data import (
 NUM_SOURCE_FRAMES = 20
 # distinct, saturated colours survive lossy yuv420p coding well
 PALETTE = np.array(
-    [[(37 * i) % 256, (91 * i + 60) % 256, (151 * i + 120) % 256] for i in range(NUM_SOURCE_FRAMES)], dtype=np.uint8
+    [[(37 * i) % 256, (91 * i + 60) % 256, (151 * i + 120) % 256] for i in range(NUM_SOURCE_FRAMES)],
+    dtype=np.uint8,
 )
 
 
@@ -47,7 +48,9 @@ def write_frame_folder(folder: Path, width: int = 40, height: int = 30) -> None:
     """frame_1.png ... frame_20.png (unpadded numbers: the loader must sort them naturally)."""
     folder.mkdir(parents=True)
     for i, colour in enumerate(PALETTE):
-        Image.fromarray(np.broadcast_to(colour, (height, width, 3)).copy()).save(folder / f"frame_{i + 1}.png")
+        Image.fromarray(np.broadcast_to(colour, (height, width, 3)).copy()).save(
+            folder / f"frame_{i + 1}.png"
+        )
 
 
 def assert_colours(frames: np.ndarray, num_frames: int, tolerance: float) -> None:
@@ -76,15 +79,17 @@ def test_decodes_video_files_with_uniform_sampling(media, name):
 
 
 def test_frame_folder_is_sorted_naturally_and_sampled_uniformly(media):
-    dataset = load_video_text_dataset([{"video": str(media / "clip_frames"), "caption": "x"}], num_frames=7,
-                                      image_size=24)
+    dataset = load_video_text_dataset(
+        [{"video": str(media / "clip_frames"), "caption": "x"}], num_frames=7, image_size=24
+    )
     assert dataset[0]["frames"].shape == (7, 24, 24, 3)
     assert_colours(dataset[0]["frames"], 7, tolerance=0.5)
 
 
 def test_columns_and_features_match_the_synthetic_world(media):
-    dataset = load_video_text_dataset([{"video": str(media / "clip_mp4.mp4"), "caption": "x"}], num_frames=8,
-                                      image_size=32, split="test")
+    dataset = load_video_text_dataset(
+        [{"video": str(media / "clip_mp4.mp4"), "caption": "x"}], num_frames=8, image_size=32, split="test"
+    )
     synthetic = make_video_dataset("test", 2, num_frames=8, image_size=32)
     assert dataset.column_names == synthetic.column_names == list(COLUMNS)
     assert dataset.features == synthetic.features
@@ -93,10 +98,17 @@ def test_columns_and_features_match_the_synthetic_world(media):
 
 def test_annotation_formats_resolve_videos_by_id(media):
     msrvtt = media / "msrvtt.json"
-    msrvtt.write_text(json.dumps({"videos": [], "sentences": [
-        {"video_id": "clip_mp4", "caption": "first caption", "sen_id": 0},
-        {"video_id": "clip_frames", "caption": "second caption", "sen_id": 1},
-    ]}))
+    msrvtt.write_text(
+        json.dumps(
+            {
+                "videos": [],
+                "sentences": [
+                    {"video_id": "clip_mp4", "caption": "first caption", "sen_id": 0},
+                    {"video_id": "clip_frames", "caption": "second caption", "sen_id": 1},
+                ],
+            }
+        )
+    )
     table = media / "pairs.csv"
     with table.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["video_id", "sentence"])
@@ -110,13 +122,17 @@ def test_annotation_formats_resolve_videos_by_id(media):
     assert from_json["video_id"][:] == ["clip_mp4", "clip_frames"]
     from_csv = load_video_text_dataset(table, video_root=media, num_frames=4, image_size=16)
     assert from_csv["caption"][:] == ["third caption"]
-    from_jsonl = load_video_text_dataset(lines, num_frames=4, image_size=16)  # relative to the annotation file
+    from_jsonl = load_video_text_dataset(
+        lines, num_frames=4, image_size=16
+    )  # relative to the annotation file
     assert_colours(from_jsonl[0]["frames"], 4, tolerance=0.5)
 
 
 def test_lazy_decoding_gives_the_same_rows(media):
-    annotations = [{"video": str(media / "clip_mp4.mp4"), "caption": "a"},
-                   {"video": str(media / "clip_frames"), "caption": "b"}]
+    annotations = [
+        {"video": str(media / "clip_mp4.mp4"), "caption": "a"},
+        {"video": str(media / "clip_frames"), "caption": "b"},
+    ]
     eager = load_video_text_dataset(annotations, num_frames=6, image_size=32)
     lazy = load_video_text_dataset(annotations, num_frames=6, image_size=32, lazy=True)
     for i in range(2):
@@ -127,8 +143,9 @@ def test_lazy_decoding_gives_the_same_rows(media):
 
 
 def test_collator_batches_real_frames(media):
-    dataset = load_video_text_dataset([{"video": str(media / "clip_mp4.mp4"), "caption": "a red circle"}] * 2,
-                                      num_frames=4, image_size=48)
+    dataset = load_video_text_dataset(
+        [{"video": str(media / "clip_mp4.mp4"), "caption": "a red circle"}] * 2, num_frames=4, image_size=48
+    )
     collator = VideoTextCollator.from_processor(build_tiny_clip_processor())
     batch = collator([dataset[0], dataset[1]])
     assert batch["pixel_values"].shape == (2, 4, 3, 32, 32)  # resized to the model's 32x32

@@ -19,10 +19,19 @@ class VideoTextCollator:
     but on whole (B*T) tensors at once. Columns named in ``keep_columns`` pass through (ints become tensors).
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, image_mean: Sequence[float], image_std: Sequence[float],
-                 image_size: int, max_length: int | None = None, keep_columns: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        image_mean: Sequence[float],
+        image_std: Sequence[float],
+        image_size: int,
+        max_length: int | None = None,
+        keep_columns: Sequence[str] = (),
+    ) -> None:
         if len(image_mean) != 3 or len(image_std) != 3:
-            raise ValueError(f"`image_mean` and `image_std` must have 3 values, got {image_mean!r} and {image_std!r}")
+            raise ValueError(
+                f"`image_mean` and `image_std` must have 3 values, got {image_mean!r} and {image_std!r}"
+            )
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
             raise ValueError(f"`image_size` must be a positive integer, got {image_size!r}")
         self.tokenizer = tokenizer
@@ -38,14 +47,18 @@ class VideoTextCollator:
         image_processor = processor.image_processor
         crop = getattr(image_processor, "crop_size", None) or image_processor.size
         size = crop["height"] if "height" in crop else crop["shortest_edge"]
-        return cls(processor.tokenizer, image_processor.image_mean, image_processor.image_std, int(size), **kwargs)
+        return cls(
+            processor.tokenizer, image_processor.image_mean, image_processor.image_std, int(size), **kwargs
+        )
 
     def pixel_values(self, frames: Sequence[Any]) -> torch.Tensor:
         """(B, T, 3, S, S) float32 from B arrays of (T, H, W, 3) uint8 frames."""
         videos = [np.asarray(f) for f in frames]
         shapes = {v.shape for v in videos}
         if len(shapes) != 1:
-            raise ValueError(f"`frames` must share one (T, H, W, 3) shape within a batch, got {sorted(shapes)}")
+            raise ValueError(
+                f"`frames` must share one (T, H, W, 3) shape within a batch, got {sorted(shapes)}"
+            )
         shape = shapes.pop()
         if len(shape) != 4 or shape[-1] != 3:
             raise ValueError(f"`frames` must be (T, H, W, 3) arrays, got shape {shape}")
@@ -61,7 +74,9 @@ class VideoTextCollator:
             return x
         scale = self.image_size / min(h, w)
         new_h, new_w = max(self.image_size, round(h * scale)), max(self.image_size, round(w * scale))
-        x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+        x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True).clamp(
+            0, 1
+        )
         top, left = (new_h - self.image_size) // 2, (new_w - self.image_size) // 2
         return x[..., top : top + self.image_size, left : left + self.image_size]
 

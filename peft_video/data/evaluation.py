@@ -15,7 +15,9 @@ TIE_TOLERANCE = 1e-6
 """Score gaps below this count as ties (half credit): mean pooling makes pair scores equal up to rounding."""
 
 
-def retrieval_at_1(similarity: torch.Tensor, query_captions: Sequence[str], item_captions: Sequence[str]) -> float:
+def retrieval_at_1(
+    similarity: torch.Tensor, query_captions: Sequence[str], item_captions: Sequence[str]
+) -> float:
     """Fraction of queries (rows of ``similarity``) whose highest-scoring item has the query's caption."""
     if similarity.shape != (len(query_captions), len(item_captions)):
         raise ValueError(
@@ -40,14 +42,18 @@ def order_pair_accuracy(similarity: torch.Tensor, order_pair_ids: Sequence[int])
     """
     n = len(order_pair_ids)
     if similarity.shape != (n, n):
-        raise ValueError(f"`similarity` must be ({n}, {n}) (videos x their captions), got {tuple(similarity.shape)}")
+        raise ValueError(
+            f"`similarity` must be ({n}, {n}) (videos x their captions), got {tuple(similarity.shape)}"
+        )
     members: dict[int, list[int]] = {}
     for i, pair in enumerate(order_pair_ids):
         if pair >= 0:
             members.setdefault(int(pair), []).append(i)
     pairs = [m for m in members.values() if len(m) == 2]
     if not pairs:
-        raise ValueError("`order_pair_ids` must contain at least one complete pair (two rows with the same id >= 0)")
+        raise ValueError(
+            "`order_pair_ids` must contain at least one complete pair (two rows with the same id >= 0)"
+        )
 
     def score(gap: float) -> float:
         return 0.5 if abs(gap) < TIE_TOLERANCE else float(gap > 0)

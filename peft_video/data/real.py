@@ -104,8 +104,9 @@ def load_frames(video: str, num_frames: int, image_size: int) -> np.ndarray:
     raise FileNotFoundError(f"video {video!r} is neither a video file nor a folder of frames")
 
 
-def read_annotations(annotations: str | Path | Iterable[dict[str, Any]], video_root: str | Path | None = None
-                     ) -> list[dict[str, str]]:
+def read_annotations(
+    annotations: str | Path | Iterable[dict[str, Any]], video_root: str | Path | None = None
+) -> list[dict[str, str]]:
     """Annotation records -> [{"video_id", "video" (path), "caption"}].
 
     Accepts a list of dicts, a ``.json`` list (or MSR-VTT's ``{"sentences": [...]}`` file), ``.jsonl`` or ``.csv``.
@@ -120,22 +121,39 @@ def read_annotations(annotations: str | Path | Iterable[dict[str, Any]], video_r
     for number, record in enumerate(records):
         caption = next((record[k] for k in _CAPTION_KEYS if record.get(k) is not None), None)
         if not isinstance(caption, str):
-            raise ValueError(f"annotation {number} needs a text field ({'/'.join(_CAPTION_KEYS)}); got {record!r}")
+            raise ValueError(
+                f"annotation {number} needs a text field ({'/'.join(_CAPTION_KEYS)}); got {record!r}"
+            )
         video = next((record[k] for k in _VIDEO_KEYS if record.get(k) is not None), None)
         video_id = record.get("video_id")
         if video is None and video_id is None:
-            raise ValueError(f"annotation {number} needs a video field ({'/'.join(_VIDEO_KEYS)}) or `video_id`; got {record!r}")
-        path = _resolve_video(str(video) if video is not None else None, str(video_id) if video_id else None, root)
-        rows.append({"video_id": str(video_id) if video_id is not None else path.stem, "video": str(path),
-                     "caption": caption})
+            raise ValueError(
+                f"annotation {number} needs a video field ({'/'.join(_VIDEO_KEYS)}) or `video_id`; got {record!r}"
+            )
+        path = _resolve_video(
+            str(video) if video is not None else None, str(video_id) if video_id else None, root
+        )
+        rows.append(
+            {
+                "video_id": str(video_id) if video_id is not None else path.stem,
+                "video": str(path),
+                "caption": caption,
+            }
+        )
     if not rows:
         raise ValueError("`annotations` holds no records")
     return rows
 
 
-def load_video_text_dataset(annotations: str | Path | Iterable[dict[str, Any]], video_root: str | Path | None = None,
-                            num_frames: int = 8, image_size: int = 224, split: str = "train", lazy: bool = False,
-                            cache_file_name: str | None = None) -> Dataset:
+def load_video_text_dataset(
+    annotations: str | Path | Iterable[dict[str, Any]],
+    video_root: str | Path | None = None,
+    num_frames: int = 8,
+    image_size: int = 224,
+    split: str = "train",
+    lazy: bool = False,
+    cache_file_name: str | None = None,
+) -> Dataset:
     """A Dataset with the synthetic world's columns from MSR-VTT-style annotations (see ``read_annotations``).
 
     ``lazy=False`` decodes every video once now (``cache_file_name`` puts the frames on disk, memory-mapped).
@@ -159,8 +177,15 @@ def load_video_text_dataset(annotations: str | Path | Iterable[dict[str, Any]], 
     if lazy:
         dataset.set_transform(decode)
         return dataset
-    dataset = dataset.map(decode, batched=True, batch_size=16, features=features, remove_columns=["video"],
-                          cache_file_name=cache_file_name, desc="decoding videos")
+    dataset = dataset.map(
+        decode,
+        batched=True,
+        batch_size=16,
+        features=features,
+        remove_columns=["video"],
+        cache_file_name=cache_file_name,
+        desc="decoding videos",
+    )
     dataset.set_format("numpy", columns=["frames"], output_all_columns=True, dtype=np.uint8)
     return dataset
 

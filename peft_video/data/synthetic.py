@@ -112,7 +112,9 @@ def event_captions(family: str, subject: SceneObject, other: SceneObject) -> tup
     raise ValueError(f"`family` must be one of {FAMILIES}, got {family!r}")
 
 
-def _forward_scenes(family: str, a: SceneObject, b: SceneObject, rng: np.random.Generator, t: int) -> list[list[_Placed]]:
+def _forward_scenes(
+    family: str, a: SceneObject, b: SceneObject, rng: np.random.Generator, t: int
+) -> list[list[_Placed]]:
     """Per-frame contents of the forward event of ``family`` over ``t`` frames."""
     steps = np.linspace(0.0, 1.0, t)
     ra, rb = SIZES[a.size], SIZES[b.size]
@@ -147,7 +149,8 @@ def _forward_scenes(family: str, a: SceneObject, b: SceneObject, rng: np.random.
         first = int(rng.integers(1, t - 2))
         second = int(rng.integers(first + 2, t))
         return [
-            [p for p, k0 in (((a, xa, ya, ra), first), ((b, xb, yb, rb), second)) if k >= k0] for k in range(t)
+            [p for p, k0 in (((a, xa, ya, ra), first), ((b, xb, yb, rb), second)) if k >= k0]
+            for k in range(t)
         ]
     raise ValueError(f"`family` must be one of {FAMILIES}, got {family!r}")
 
@@ -165,8 +168,12 @@ def _render(scenes: list[list[_Placed]], rng: np.random.Generator, image_size: i
     return np.stack(frames)
 
 
-def _random_object(rng: np.random.Generator, colour: str | None = None, shape: str | None = None,
-                   avoid_colour: str | None = None) -> SceneObject:
+def _random_object(
+    rng: np.random.Generator,
+    colour: str | None = None,
+    shape: str | None = None,
+    avoid_colour: str | None = None,
+) -> SceneObject:
     colours = [c for c in COLOURS if c != avoid_colour]
     return SceneObject(
         shape=shape if shape is not None else SHAPES[int(rng.integers(len(SHAPES)))],
@@ -175,8 +182,9 @@ def _random_object(rng: np.random.Generator, colour: str | None = None, shape: s
     )
 
 
-def order_pair(split: str, index: int, seed: int = 0, num_frames: int = 8, image_size: int = 32
-               ) -> tuple[tuple[np.ndarray, str], tuple[np.ndarray, str]]:
+def order_pair(
+    split: str, index: int, seed: int = 0, num_frames: int = 8, image_size: int = 32
+) -> tuple[tuple[np.ndarray, str], tuple[np.ndarray, str]]:
     """The ``index``-th order-only pair of ``split``: ((frames, caption), (frames[::-1], reverse caption)).
 
     Which of the two comes first is drawn at random, so row order never reveals the direction.
@@ -192,8 +200,9 @@ def order_pair(split: str, index: int, seed: int = 0, num_frames: int = 8, image
     return pair if rng.random() < 0.5 else (pair[1], pair[0])
 
 
-def make_video_dataset(split: str = "train", num_videos: int = 1024, seed: int = 0, num_frames: int = 8,
-                       image_size: int = 32) -> Dataset:
+def make_video_dataset(
+    split: str = "train", num_videos: int = 1024, seed: int = 0, num_frames: int = 8, image_size: int = 32
+) -> Dataset:
     """``num_videos`` synthetic videos (``num_videos // 2`` order-only pairs, partners adjacent) as a Dataset.
 
     Columns follow :mod:`peft_video.data.schema`; ``frames`` is returned as numpy (T, H, W, 3) uint8.
@@ -237,11 +246,15 @@ def still_frame(split: str, index: int, seed: int = 0, image_size: int = 32) -> 
         for i, (obj, (row, col)) in enumerate(placed)
     ]
     frame = _render([scene], rng, image_size)[0]
-    caption = " and ".join(f"{obj.phrase()} {_POSITION_PHRASES[(_ROWS[r], _COLS[c])]}" for obj, (r, c) in placed)
+    caption = " and ".join(
+        f"{obj.phrase()} {_POSITION_PHRASES[(_ROWS[r], _COLS[c])]}" for obj, (r, c) in placed
+    )
     return frame, caption
 
 
-def make_frame_dataset(split: str = "train", num_images: int = 4096, seed: int = 0, image_size: int = 32) -> Dataset:
+def make_frame_dataset(
+    split: str = "train", num_images: int = 4096, seed: int = 0, image_size: int = 32
+) -> Dataset:
     """``num_images`` still frames with frame captions, as one-frame videos (same columns, ``order_pair_id`` -1)."""
     _check_int("num_images", num_images, minimum=1)
     _check_int("seed", seed, minimum=0)

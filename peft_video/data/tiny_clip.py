@@ -40,8 +40,13 @@ def build_tiny_clip_processor() -> CLIPProcessor:
     return CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
-def tiny_clip_config(processor: CLIPProcessor | None = None, hidden_size: int = 64, num_layers: int = 2,
-                     num_heads: int = 2, projection_dim: int = 64) -> CLIPConfig:
+def tiny_clip_config(
+    processor: CLIPProcessor | None = None,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 2,
+    projection_dim: int = 64,
+) -> CLIPConfig:
     """A CLIPConfig for 32x32 images in 8x8 patches whose text tower matches ``processor``'s tokenizer."""
     tokenizer = (processor or build_tiny_clip_processor()).tokenizer
     ids = tokenizer.convert_tokens_to_ids([PAD, BOS, EOS])

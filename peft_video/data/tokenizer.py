@@ -23,7 +23,9 @@ def build_word_tokenizer(words: Iterable[str], model_max_length: int = 32) -> Pr
         raise ValueError("`words` must name at least one word, got an empty iterable")
     clashes = [w for w in words if w in SPECIAL_TOKENS or w != w.lower() or not w.isalnum()]
     if clashes:
-        raise ValueError(f"`words` must be lower-case alphanumeric words, not special tokens; got {clashes[:5]}")
+        raise ValueError(
+            f"`words` must be lower-case alphanumeric words, not special tokens; got {clashes[:5]}"
+        )
     vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, *words])}
     backend = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
     backend.normalizer = normalizers.Lowercase()

@@ -22,7 +22,9 @@ RECALL_KS: tuple[int, ...] = (1, 5, 10)
 
 def _check(scores: torch.Tensor, relevant: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(scores, torch.Tensor) or scores.ndim != 2 or 0 in scores.shape:
-        raise ValueError(f"`scores` must be a non-empty (queries, candidates) tensor, got {_describe(scores)}")
+        raise ValueError(
+            f"`scores` must be a non-empty (queries, candidates) tensor, got {_describe(scores)}"
+        )
     if not isinstance(relevant, torch.Tensor) or relevant.shape != scores.shape:
         raise ValueError(
             f"`relevant` must be a bool tensor of the shape of `scores` {tuple(scores.shape)}, got {_describe(relevant)}"
@@ -30,12 +32,15 @@ def _check(scores: torch.Tensor, relevant: torch.Tensor) -> tuple[torch.Tensor, 
     relevant = relevant.bool()
     empty = (~relevant.any(dim=1)).nonzero().flatten()
     if len(empty):
-        raise ValueError(f"every query needs at least one relevant candidate; queries {empty[:5].tolist()} have none")
+        raise ValueError(
+            f"every query needs at least one relevant candidate; queries {empty[:5].tolist()} have none"
+        )
     return scores.double(), relevant
 
 
-def _tie_counts(scores: torch.Tensor, relevant: torch.Tensor, tie_tolerance: float
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _tie_counts(
+    scores: torch.Tensor, relevant: torch.Tensor, tie_tolerance: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per query: non-relevant candidates strictly above the best relevant score (h), tied with it (g), and the
     relevant candidates tied with it (r >= 1)."""
     scores, relevant = _check(scores, relevant)
@@ -48,7 +53,9 @@ def _tie_counts(scores: torch.Tensor, relevant: torch.Tensor, tie_tolerance: flo
     return higher, tied_other, tied_relevant
 
 
-def expected_ranks(scores: torch.Tensor, relevant: torch.Tensor, tie_tolerance: float = TIE_TOLERANCE) -> torch.Tensor:
+def expected_ranks(
+    scores: torch.Tensor, relevant: torch.Tensor, tie_tolerance: float = TIE_TOLERANCE
+) -> torch.Tensor:
     """Expected 1-based rank of each query's first relevant candidate, ties broken uniformly at random: (Q,) float64.
 
     With h candidates above and g non-relevant ones tied with r relevant ones, it is h + 1 + g / (r + 1).
@@ -57,8 +64,9 @@ def expected_ranks(scores: torch.Tensor, relevant: torch.Tensor, tie_tolerance: 
     return higher + 1 + tied_other / (tied_relevant + 1)
 
 
-def recall_at_k(scores: torch.Tensor, relevant: torch.Tensor, k: int, tie_tolerance: float = TIE_TOLERANCE
-                ) -> torch.Tensor:
+def recall_at_k(
+    scores: torch.Tensor, relevant: torch.Tensor, k: int, tie_tolerance: float = TIE_TOLERANCE
+) -> torch.Tensor:
     """Per query, the probability that a relevant candidate is among the top ``k`` (0/1 without ties): (Q,) float64.
 
     In a random order of g tied non-relevant and r tied relevant candidates, the first j are all non-relevant with
@@ -76,12 +84,18 @@ def recall_at_k(scores: torch.Tensor, relevant: torch.Tensor, k: int, tie_tolera
     return torch.where(slots >= 1, 1 - miss, torch.zeros_like(miss))
 
 
-def rank_metrics(scores: torch.Tensor, relevant: torch.Tensor, ks: Sequence[int] = RECALL_KS,
-                 tie_tolerance: float = TIE_TOLERANCE) -> dict[str, float]:
+def rank_metrics(
+    scores: torch.Tensor,
+    relevant: torch.Tensor,
+    ks: Sequence[int] = RECALL_KS,
+    tie_tolerance: float = TIE_TOLERANCE,
+) -> dict[str, float]:
     """``R@k`` for each k (percent, as retrieval papers report), ``MdR`` and ``MnR`` (expected ranks, 1 is best)."""
     ranks = expected_ranks(scores, relevant, tie_tolerance)
     metrics = {f"R@{k}": 100.0 * float(recall_at_k(scores, relevant, k, tie_tolerance).mean()) for k in ks}
-    metrics["MdR"] = float(ranks.median())  # the lower median for an even count, like torch and CLIP4Clip's floor
+    metrics["MdR"] = float(
+        ranks.median()
+    )  # the lower median for an even count, like torch and CLIP4Clip's floor
     metrics["MnR"] = float(ranks.mean())
     return metrics
 

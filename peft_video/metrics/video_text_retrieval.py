@@ -54,11 +54,19 @@ class VideoTextRetrieval(evaluate.Metric):
             ),
         )
 
-    def _compute(self, predictions, references, dual_softmax: bool = False, temperature: float = 0.01,
-                 tie_tolerance: float = TIE_TOLERANCE) -> dict[str, float]:
+    def _compute(
+        self,
+        predictions,
+        references,
+        dual_softmax: bool = False,
+        temperature: float = 0.01,
+        tie_tolerance: float = TIE_TOLERANCE,
+    ) -> dict[str, float]:
         widths = {len(row) for row in predictions}
         if len(widths) != 1:
-            raise ValueError(f"`predictions` rows must all score the same videos, got row lengths {sorted(widths)}")
+            raise ValueError(
+                f"`predictions` rows must all score the same videos, got row lengths {sorted(widths)}"
+            )
         scores = torch.tensor(predictions, dtype=torch.float64)
         relevant = torch.zeros_like(scores, dtype=torch.bool)
         for i, videos in enumerate(references):

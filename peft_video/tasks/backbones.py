@@ -40,10 +40,18 @@ class OpenClipTokenizer:
         self.tokenize = tokenize
         self.model_max_length = context_length
 
-    def __call__(self, texts: str | Sequence[str], padding: bool | str = True, truncation: bool = True,
-                 max_length: int | None = None, return_tensors: str = "pt") -> dict[str, torch.Tensor]:
+    def __call__(
+        self,
+        texts: str | Sequence[str],
+        padding: bool | str = True,
+        truncation: bool = True,
+        max_length: int | None = None,
+        return_tensors: str = "pt",
+    ) -> dict[str, torch.Tensor]:
         if return_tensors != "pt":
-            raise ValueError(f"`return_tensors` must be 'pt' for open_clip tokenizers, got {return_tensors!r}")
+            raise ValueError(
+                f"`return_tensors` must be 'pt' for open_clip tokenizers, got {return_tensors!r}"
+            )
         ids = self.tokenize([texts] if isinstance(texts, str) else list(texts))
         return {"input_ids": ids, "attention_mask": (ids != 0).long()}
 
@@ -57,7 +65,7 @@ def load_clip_backbone(spec: str | Path | None = None, *, pretrained: str | None
 
         spec = tiny_clip_path()
     if isinstance(spec, str) and spec.startswith(OPEN_CLIP_PREFIX):
-        return _open_clip_backbone(spec[len(OPEN_CLIP_PREFIX):], pretrained)
+        return _open_clip_backbone(spec[len(OPEN_CLIP_PREFIX) :], pretrained)
     if pretrained is not None:
         raise ValueError(
             f"`pretrained`={pretrained!r} only applies to open_clip backbones ('open_clip:<name>'); a HF backbone "

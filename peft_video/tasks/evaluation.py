@@ -29,8 +29,13 @@ class RetrievalEmbeddings:
 
 
 @torch.no_grad()
-def embed_dataset(model: Any, dataset: Any, collator: Callable[[list[dict]], dict], batch_size: int = 64,
-                  progress: bool = True) -> RetrievalEmbeddings:
+def embed_dataset(
+    model: Any,
+    dataset: Any,
+    collator: Callable[[list[dict]], dict],
+    batch_size: int = 64,
+    progress: bool = True,
+) -> RetrievalEmbeddings:
     """Embed the captions, then the videos (conditioned on all captions as candidates), in eval mode."""
     was_training = model.training
     model.eval()
@@ -42,7 +47,9 @@ def embed_dataset(model: Any, dataset: Any, collator: Callable[[list[dict]], dic
             rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
             batch = collator(rows)
             inputs.append(batch["pixel_values"])
-            texts.append(model.encode_texts(batch["input_ids"].to(device), batch["attention_mask"].to(device)))
+            texts.append(
+                model.encode_texts(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+            )
         candidates = torch.cat(texts)
         videos = [
             model.encode_videos(pixels.to(device), candidates=candidates)
@@ -62,15 +69,24 @@ def retrieval_relevance(captions: Sequence[str], video_ids: Sequence[str]) -> li
     return [row.nonzero().flatten().tolist() for row in relevant]
 
 
-def evaluate_retrieval(embeddings: RetrievalEmbeddings, captions: Sequence[str], video_ids: Sequence[str],
-                       order_pair_ids: Sequence[int] | None = None, dual_softmax: bool = False,
-                       temperature: float = 0.01) -> dict[str, float]:
+def evaluate_retrieval(
+    embeddings: RetrievalEmbeddings,
+    captions: Sequence[str],
+    video_ids: Sequence[str],
+    order_pair_ids: Sequence[int] | None = None,
+    dual_softmax: bool = False,
+    temperature: float = 0.01,
+) -> dict[str, float]:
     """Retrieval metrics (``t2v_R@1`` ... ``v2t_MnR``) and, with complete order-only pairs, ``order_v2t`` /
     ``order_t2v`` accuracies (fractions; chance 0.5)."""
     scores = embeddings.texts @ embeddings.videos.T  # (texts, videos)
     retrieval = pv_metrics.load("video_text_retrieval")
-    results = retrieval.compute(predictions=scores.tolist(), references=retrieval_relevance(captions, video_ids),
-                                dual_softmax=dual_softmax, temperature=temperature)
+    results = retrieval.compute(
+        predictions=scores.tolist(),
+        references=retrieval_relevance(captions, video_ids),
+        dual_softmax=dual_softmax,
+        temperature=temperature,
+    )
     if order_pair_ids is not None and _has_pairs(order_pair_ids):
         order = pv_metrics.load("order_pair_accuracy")
         pairs = order.compute(predictions=scores.T.tolist(), references=[int(i) for i in order_pair_ids])

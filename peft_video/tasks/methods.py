@@ -28,7 +28,9 @@ DEFAULT_LEARNING_RATES: dict[str, float] = {
 """Peak learning rates used when none is given: full fine-tuning moves every pretrained weight and needs a small
 one; adapters that start at the identity with few weights need larger ones (see the README's demo section)."""
 
-_HF_LORA_TARGETS = r"(.*\.)?vision_model\.encoder\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.(fc1|fc2))"
+_HF_LORA_TARGETS = (
+    r"(.*\.)?vision_model\.encoder\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.(fc1|fc2))"
+)
 _OPEN_CLIP_LORA_TARGETS = r"(.*\.)?visual\.transformer\.resblocks\.\d+\.(attn|mlp\.c_fc|mlp\.c_proj)"
 
 
@@ -36,8 +38,9 @@ TEXT_EMBEDDINGS = "token_embedding"
 """Name (suffix) of the text tower's word-embedding table in HF CLIP and open_clip."""
 
 
-def peft_config_for(method: str, model: nn.Module, num_frames: int, text_embeddings: bool = False,
-                    **options: Any) -> PeftConfig | None:
+def peft_config_for(
+    method: str, model: nn.Module, num_frames: int, text_embeddings: bool = False, **options: Any
+) -> PeftConfig | None:
     """The peft config of ``method`` for a task model over ``num_frames``-frame clips (None for frozen / full).
 
     ``options`` override the config's fields (e.g. ``r=16``). LoRA: rank 8, alpha 16, on the vision tower's
@@ -57,14 +60,17 @@ def peft_config_for(method: str, model: nn.Module, num_frames: int, text_embeddi
         targets = _OPEN_CLIP_LORA_TARGETS if is_open_clip_model(model) else _HF_LORA_TARGETS
         return LoraConfig(**{"r": 8, "lora_alpha": 16, "target_modules": targets, **options})
     if method == "read":
-        return peft_video.ReadConfig(**{"recurrence_axis": "frames", "num_frames": num_frames, "r": 8, **options})
+        return peft_video.ReadConfig(
+            **{"recurrence_axis": "frames", "num_frames": num_frames, "r": 8, **options}
+        )
     if method == "rap":
         return peft_video.RapConfig(**{"num_frames": num_frames, **options})
     return peft_video.TokenMixConfig(**{"num_frames": num_frames, **options})
 
 
-def prepare_model(model: nn.Module, method: str, num_frames: int, text_embeddings: bool = False,
-                  **options: Any) -> nn.Module:
+def prepare_model(
+    model: nn.Module, method: str, num_frames: int, text_embeddings: bool = False, **options: Any
+) -> nn.Module:
     """``model`` ready for training with ``method``: a PeftModel for peft methods, else ``model`` itself with every
     weight trainable (``full``) or none (``frozen``, which ignores ``text_embeddings``: it is never trained)."""
     config = peft_config_for(method, model, num_frames, text_embeddings, **options)

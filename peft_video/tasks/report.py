@@ -23,8 +23,9 @@ TABLE_COLUMNS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
 """(result key, column title, formatter) of the comparison table."""
 
 
-def markdown_table(rows: Sequence[dict[str, Any]],
-                   columns: Sequence[tuple[str, str, Callable[[Any], str]]] = TABLE_COLUMNS) -> str:
+def markdown_table(
+    rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, Callable[[Any], str]]] = TABLE_COLUMNS
+) -> str:
     """A markdown table with one row per result; a missing or None value prints as an em dash."""
     lines = ["| " + " | ".join(title for _, title, _ in columns) + " |", "|" + " --- |" * len(columns)]
     for row in rows:
@@ -37,18 +38,26 @@ def write_results(rows: Sequence[dict[str, Any]], output_dir: str | Path, title:
     """Write ``results.json``, ``results.md`` and ``accuracy_vs_params.png`` into ``output_dir``; return the paths."""
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    paths = {"json": output / "results.json", "markdown": output / "results.md", "plot": output / "accuracy_vs_params.png"}
+    paths = {
+        "json": output / "results.json",
+        "markdown": output / "results.md",
+        "plot": output / "accuracy_vs_params.png",
+    }
     paths["json"].write_text(json.dumps(list(rows), indent=2, sort_keys=True) + "\n")
     paths["markdown"].write_text((f"### {title}\n\n" if title else "") + markdown_table(rows))
     plot_accuracy_vs_parameters(rows, paths["plot"], title=title)
     return paths
 
 
-_SERIES = (("t2v_R@1", 0.01, "t2v R@1", (40, 90, 200)), ("order_v2t", 1.0, "order-only accuracy", (210, 70, 40)))
+_SERIES = (
+    ("t2v_R@1", 0.01, "t2v R@1", (40, 90, 200)),
+    ("order_v2t", 1.0, "order-only accuracy", (210, 70, 40)),
+)
 
 
-def plot_accuracy_vs_parameters(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "",
-                                size: tuple[int, int] = (720, 460)) -> Path:
+def plot_accuracy_vs_parameters(
+    rows: Sequence[dict[str, Any]], path: str | Path, title: str = "", size: tuple[int, int] = (720, 460)
+) -> Path:
     """Scatter t2v R@1 and order-only accuracy (0-100%) against trainable parameters (log scale), one labelled
     point per method; methods with no trainable parameters sit at the left edge."""
     width, height = size
@@ -77,7 +86,9 @@ def plot_accuracy_vs_parameters(rows: Sequence[dict[str, Any]], path: str | Path
     for exponent in range(lo, hi + 1):
         x = px(10**exponent)
         draw.line([x, y0, x, y0 + 4], fill="black")
-        label = "0" if exponent == lo == 0 and has_zero else f"1e{exponent}"  # 0 parameters sit at the left edge
+        label = (
+            "0" if exponent == lo == 0 and has_zero else f"1e{exponent}"
+        )  # 0 parameters sit at the left edge
         draw.text((x - 12, y0 + 8), label, fill="black", font=font)
     draw.line([x0, py(0.5), x1, py(0.5)], fill=(210, 70, 40))  # order-only chance
     draw.text((x1 + 4, py(0.5) - 6), "order chance", fill=(210, 70, 40), font=font)

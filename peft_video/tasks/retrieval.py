@@ -56,7 +56,9 @@ def symmetric_info_nce(logits_per_text: torch.Tensor, positives: torch.Tensor | 
     correct caption a negative. Without duplicates it is exactly CLIP's loss.
     """
     if logits_per_text.ndim != 2 or logits_per_text.shape[0] != logits_per_text.shape[1]:
-        raise ValueError(f"`logits_per_text` must be a square (B, B) tensor, got shape {tuple(logits_per_text.shape)}")
+        raise ValueError(
+            f"`logits_per_text` must be a square (B, B) tensor, got shape {tuple(logits_per_text.shape)}"
+        )
     size = logits_per_text.shape[0]
     eye = torch.eye(size, dtype=torch.bool, device=logits_per_text.device)
     if positives is None:
@@ -70,8 +72,9 @@ def symmetric_info_nce(logits_per_text: torch.Tensor, positives: torch.Tensor | 
     return (text_to_video + video_to_text) / 2
 
 
-def _condition(paired: torch.Tensor | None = None, candidates: torch.Tensor | None = None
-               ) -> contextlib.AbstractContextManager:
+def _condition(
+    paired: torch.Tensor | None = None, candidates: torch.Tensor | None = None
+) -> contextlib.AbstractContextManager:
     """RAP's sentence condition for the vision forward inside (``peft_video.rap_condition``), or nothing."""
     if paired is None and candidates is None:
         return contextlib.nullcontext()
@@ -89,7 +92,11 @@ class VideoTextRetrievalModel(nn.Module):
     def __init__(self, backbone: nn.Module, logit_scale: float | None = None) -> None:
         super().__init__()
         self.is_open_clip = is_open_clip_model(backbone)
-        needed = ("encode_image", "encode_text") if self.is_open_clip else ("get_image_features", "get_text_features")
+        needed = (
+            ("encode_image", "encode_text")
+            if self.is_open_clip
+            else ("get_image_features", "get_text_features")
+        )
         missing = [name for name in (*needed, "logit_scale") if not hasattr(backbone, name)]
         if missing:
             raise ValueError(
@@ -97,7 +104,9 @@ class VideoTextRetrievalModel(nn.Module):
                 f"`logit_scale`; {type(backbone).__name__} lacks {missing}"
             )
         if logit_scale is not None and not (isinstance(logit_scale, (int, float)) and 0 < logit_scale <= 1e4):
-            raise ValueError(f"`logit_scale` must be None (the backbone's) or a positive number, got {logit_scale!r}")
+            raise ValueError(
+                f"`logit_scale` must be None (the backbone's) or a positive number, got {logit_scale!r}"
+            )
         self.backbone = backbone
         self.fixed_logit_scale = None if logit_scale is None else float(logit_scale)
 
@@ -113,15 +122,22 @@ class VideoTextRetrievalModel(nn.Module):
             return self.backbone.encode_image(frames)
         return _pooled(self.backbone.get_image_features(pixel_values=frames))
 
-    def encode_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def encode_texts(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(B, L) tokens -> (B, E) L2-normalised sentence embeddings."""
         if self.is_open_clip:
             return F.normalize(self.backbone.encode_text(input_ids), dim=-1)
         features = self.backbone.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
         return F.normalize(_pooled(features), dim=-1)
 
-    def encode_videos(self, pixel_values: torch.Tensor, *, paired: torch.Tensor | None = None,
-                      candidates: torch.Tensor | None = None) -> torch.Tensor:
+    def encode_videos(
+        self,
+        pixel_values: torch.Tensor,
+        *,
+        paired: torch.Tensor | None = None,
+        candidates: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """(B, T, 3, H, W) videos -> (B, E) L2-normalised, mean-pooled video embeddings.
 
         The frame count of every peft-video layer is set to T for this call. ``paired`` (B, E) or ``candidates``
@@ -133,8 +149,13 @@ class VideoTextRetrievalModel(nn.Module):
         with use_num_frames(num_frames), _condition(paired, candidates):
             return mean_pool_frames(self.frame_features(frames), num_frames)
 
-    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                return_loss: bool = True) -> VideoTextRetrievalOutput:
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        return_loss: bool = True,
+    ) -> VideoTextRetrievalOutput:
         """Embed B captions, then B videos (each conditioned on its own caption), and score all pairs."""
         if pixel_values.shape[0] != input_ids.shape[0]:
             raise ValueError(
@@ -145,14 +166,14 @@ class VideoTextRetrievalModel(nn.Module):
         video_embeds = self.encode_videos(pixel_values, paired=text_embeds)
         logits_per_text = self.logit_scale() * text_embeds @ video_embeds.T
         loss = symmetric_info_nce(logits_per_text, same_text_mask(input_ids)) if return_loss else None
-        return VideoTextRetrievalOutput(loss=loss, logits_per_text=logits_per_text, text_embeds=text_embeds,
-                                        video_embeds=video_embeds)
+        return VideoTextRetrievalOutput(
+            loss=loss, logits_per_text=logits_per_text, text_embeds=text_embeds, video_embeds=video_embeds
+        )
 
 
 def _pooled(output: torch.Tensor | ModelOutput) -> torch.Tensor:
     """transformers 5 returns the projected features as ``pooler_output`` of a ModelOutput; 4.x a tensor."""
     return output if isinstance(output, torch.Tensor) else output.pooler_output
-
 
 
 def pvla_source(model: nn.Module, num_frames: int) -> TwoTower:
@@ -164,8 +185,11 @@ def pvla_source(model: nn.Module, num_frames: int) -> TwoTower:
         return unflatten_frames(hidden[:, 0], num_frames)
 
     if is_open_clip_model(model):  # open_clip keeps its projections as bare matrices: widths must agree
-        return TwoTower(video_modules=r"backbone\.visual\.transformer\.resblocks\.\d+",
-                        text_modules=r"backbone\.transformer\.resblocks\.\d+", video_transform=frame_tokens)
+        return TwoTower(
+            video_modules=r"backbone\.visual\.transformer\.resblocks\.\d+",
+            text_modules=r"backbone\.transformer\.resblocks\.\d+",
+            video_transform=frame_tokens,
+        )
     return TwoTower(
         video_modules=r"backbone\.vision_model\.encoder\.layers\.\d+",
         text_modules=r"backbone\.text_model\.encoder\.layers\.\d+",

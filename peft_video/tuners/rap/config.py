@@ -96,6 +96,7 @@ class RapConfig(PeftVideoConfig):
         default=None,
         metadata={"help": "Extra modules (e.g. a task head) to train and save beside the adapter."},
     )
+
     def __post_init__(self) -> None:
         super().__post_init__()
         validate_num_frames(self.num_frames)

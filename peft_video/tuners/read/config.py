@@ -66,6 +66,7 @@ class ReadConfig(PeftVideoConfig):
         default=None,
         metadata={"help": "Extra modules (e.g. a task head) to train and save beside the adapter."},
     )
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:

@@ -85,6 +85,7 @@ class TokenMixConfig(PeftVideoConfig):
             "head (the paper trains both)."
         },
     )
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.num_frames is not None:
