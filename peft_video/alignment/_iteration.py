@@ -197,12 +197,12 @@ def _newton_open(
     if not bool(open_.any()):
         return st, res, newton_steps
     if bool(open_.all()):  # no copies of the kernel for a full working set
-        stepped, accepted = _newton(domain, st, c)
+        stepped, accepted = _newton(domain, st, c, res)
         res = _residual(domain.marginals, stepped, c).to(res.dtype)
         return stepped, res, newton_steps + accepted.long()
     sel = open_.nonzero()[:, 0]
     sub_c = {k: v[sel] for k, v in c.items()}
-    stepped, accepted = _newton(domain, {k: v[sel] for k, v in st.items()}, sub_c)
+    stepped, accepted = _newton(domain, {k: v[sel] for k, v in st.items()}, sub_c, res[sel])
     st = {k: v.index_copy(0, sel, stepped[k]) for k, v in st.items()}
     res = res.index_copy(0, sel, _residual(domain.marginals, stepped, sub_c).to(res.dtype))
     return st, res, newton_steps.index_add(0, sel, accepted.long())

@@ -21,8 +21,11 @@ _NEWTON_RIDGE = {torch.float32: 1e-6, torch.float64: 1e-9}
 _NEWTON_FLAT = {torch.float32: 1e-6, torch.float64: 1e-12}
 
 
-def _newton(domain: _ScalingDomain | _LogDomain, st: State, c: State) -> tuple[State, Tensor]:
+def _newton(
+    domain: _ScalingDomain | _LogDomain, st: State, c: State, residual: Tensor
+) -> tuple[State, Tensor]:
     """One safeguarded Newton step per problem on the dual of the partial problem; returns the state and accepted.
+    ``residual``: each problem's optimality residual in ``st`` (:func:`_residual`, which the caller has at hand).
 
     In log-scalings (u, v, w) = (log x, log y, log s), T = e^w diag(e^u) K diag(e^v) and the dual objective to
     minimise is ``phi = sum T - a.u - b.v - m w`` subject to ``u <= log ub``, ``v <= log ub``: its gradient is the
@@ -40,11 +43,12 @@ def _newton(domain: _ScalingDomain | _LogDomain, st: State, c: State) -> tuple[S
     kernel, u, v, w, ub_u, ub_v = domain.log_view(st, c)
     n_v, n_l = u.shape[-1], v.shape[-1]
     a, b, m = c["a"][:, 0], c["b"][:, 0], c["m"][:, 0, 0]
-    plan = torch.mul((u + w[:, None]).exp()[:, :, None], kernel).mul_(v.exp()[:, None, :])  # one allocation
+    plan = domain.plan(st, c)
     rows, cols = plan.sum(-1), plan.sum(-2)
+    total = rows.sum(-1)
     active_rows = ((u < ub_u) | (rows > a)) & (a > 0)
     active_cols = ((v < ub_v) | (cols > b)) & (b > 0)
-    descent, solved = _newton_direction(plan, rows, cols, a, b, m, active_rows, active_cols)
+    descent, solved = _newton_direction(plan, rows, cols, total, a, b, m, active_rows, active_cols)
     # Trust region: no log-scaling moves by more than _NEWTON_MAX_MOVE. With tiny tau the inactive rows / columns can
     # carry almost no mass, the reduced system is then nearly singular and its raw step is huge. A non-finite
     # direction gives non-finite candidates, which the objective test below rejects.
@@ -60,16 +64,15 @@ def _newton(domain: _ScalingDomain | _LogDomain, st: State, c: State) -> tuple[S
     ez = cz.exp()
     c_ky = torch.bmm(ez[..., n_v : n_v + n_l], kernel.mT)  # (B, S, N_V): K e^v for every candidate
     c_rows = torch.mul(ez[..., :n_v], c_ky).mul_(ez[..., -1:])
-    now = rows.sum(-1) - torch.bmm(z[:, None], weights)[:, 0, 0]
+    now = total - torch.bmm(z[:, None], weights)[:, 0, 0]
     value = c_rows.sum(-1) - torch.bmm(cz, weights)[..., 0]
     # Near the solution phi changes by less than its rounding error: there a step that keeps phi within rounding
     # and lowers the residual counts as progress (evaluated only where some candidate is that flat).
     lower = value < now[:, None]
-    flat = (value <= (now + _NEWTON_FLAT[now.dtype] * (now.abs() + 1))[:, None]) & ~lower
+    flat = (value <= torch.add(now, now.abs() + 1, alpha=_NEWTON_FLAT[now.dtype])[:, None]) & ~lower
     if bool(flat.any()):
         a_, b_, m_ = a[:, None], b[:, None], m[:, None]
         c_cols = torch.bmm(ez[..., :n_v], kernel).mul_(ez[..., n_v : n_v + n_l]).mul_(ez[..., -1:])
-        now_res = _optimality_residual(rows, cols, u - ub_u, v - ub_v, a, b, m)
         c_res = _optimality_residual(
             c_rows,
             c_cols,
@@ -79,7 +82,7 @@ def _newton(domain: _ScalingDomain | _LogDomain, st: State, c: State) -> tuple[S
             b_,
             m_,
         )
-        lower = lower | (flat & (c_res < now_res[:, None]))
+        lower = lower | (flat & (c_res < residual[:, None].to(c_res.dtype)))
     ok = lower & torch.isfinite(value) & solved[:, None]
     accepted = ok.any(-1)
     pick = ok.float().argmax(-1)  # the first acceptable, i.e. the longest acceptable step
@@ -107,6 +110,7 @@ def _newton_direction(
     plan: Tensor,
     rows: Tensor,
     cols: Tensor,
+    total: Tensor,
     a: Tensor,
     b: Tensor,
     m: Tensor,
@@ -123,7 +127,6 @@ def _newton_direction(
     """
     n_l = cols.shape[-1]
     fr, fc = active_rows.to(plan.dtype), active_cols.to(plan.dtype)
-    total = rows.sum(-1)
     f_rows = (rows - a) * fr
     f_rest = torch.cat([(cols - b) * fc, (total - m)[:, None]], -1)
     diag_rows = torch.where(active_rows, rows, 1.0)
