@@ -14,8 +14,8 @@ import sys
 from collections.abc import Callable
 
 import torch
+from _clip import clip_vit_b32  # benchmarks/_clip.py, beside this script
 from peft import PeftConfig, get_peft_model
-from transformers import CLIPConfig, CLIPModel
 
 import peft_video
 
@@ -26,19 +26,6 @@ METHODS: dict[str, Callable[[], PeftConfig]] = {
     "token_mix": lambda: peft_video.TokenMixConfig(num_frames=FRAMES),
     "rap": lambda: peft_video.RapConfig(num_frames=FRAMES),  # LoRM + ASA, conditioned on the paired captions
 }
-
-
-def clip_b32() -> CLIPModel:
-    vision = dict(
-        hidden_size=768,
-        intermediate_size=3072,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        image_size=224,
-        patch_size=32,
-    )
-    text = dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8)
-    return CLIPModel(CLIPConfig(vision_config=vision, text_config=text, projection_dim=512))
 
 
 def video_text_loss(model: torch.nn.Module, frames: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
@@ -78,7 +65,7 @@ def main() -> int:
     device = torch.device("cuda")
     print(f"{torch.cuda.get_device_name()} torch {torch.__version__} cudnn {torch.backends.cudnn.version()}")
     torch.manual_seed(0)
-    base = clip_b32()
+    base = clip_vit_b32()
     frames = torch.randn(VIDEOS * FRAMES, 3, 224, 224, device=device)
     input_ids = torch.randint(0, 49000, (VIDEOS, 16), device=device)
     lines = []

@@ -9,6 +9,7 @@ import argparse
 import warnings
 
 import torch
+from _clip import clip_vit_b32  # benchmarks/_clip.py, beside this script
 from peft import get_peft_model
 
 import peft_video
@@ -33,23 +34,7 @@ def build(backbone: str) -> torch.nn.Module:
         import open_clip
 
         return open_clip.create_model("ViT-B-32", pretrained=None)
-    from transformers import CLIPConfig, CLIPModel
-
-    config = CLIPConfig(
-        text_config=dict(
-            hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8
-        ),
-        vision_config=dict(
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            image_size=224,
-            patch_size=32,
-        ),
-        projection_dim=512,
-    )
-    return CLIPModel(config)
+    return clip_vit_b32()
 
 
 def breakdown(model: torch.nn.Module) -> dict[str, int]:
