@@ -26,11 +26,10 @@ def _where(valid: Tensor | None, x: Tensor, fill: float) -> Tensor:
 def _exponent(cost: Tensor, lo: Tensor, valid: Tensor | None, tau: float, fill: float) -> Tensor:
     """``(lo - C) / tau`` on valid entries and ``fill`` elsewhere, as one new tensor (one pass over C, the mask filled
     in place, unless autograd records it): each extra (B, N_V, N_L) pass costs about as much as an iteration on CPU."""
-    # Under autograd masked entries (which may hold nan) are replaced before any arithmetic reaches the gradient.
+    exponent = torch.add((lo / tau)[:, None, None], cost, alpha=-1 / tau)  # lo / tau - C / tau, one pass
     if cost.requires_grad and torch.is_grad_enabled():
-        return _where(valid, (cost - lo[:, None, None]) / -tau, fill)
-    # lo / tau - C / tau in one pass over C (a sub and then a div would take two)
-    exponent = torch.add((lo / tau)[:, None, None], cost, alpha=-1 / tau)
+        # Out of place for autograd; where() gives masked entries (which may hold nan) a zero gradient.
+        return _where(valid, exponent, fill)
     return exponent if valid is None else exponent.masked_fill_(~valid, fill)
 
 
