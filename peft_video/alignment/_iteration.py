@@ -174,8 +174,10 @@ def _accelerate(
         for key in _RELAX_KEYS:
             work.pop(key, None)
         return _newton_open(domain, st, work, res, unrecorded & (res > tol), newton_steps)
+    if "relax_x" not in work:
+        return st, res, newton_steps
     rose = res > last_res
-    if "relax_x" in work and bool(rose.any()):  # rare: skipping the rewrite saves ~8 operations per check
+    if bool(rose.any()):  # rare: skipping the rewrite saves ~8 operations per check
         rose = rose[:, None, None]
         rows, cols = torch.where(rose, 0.0, work["relax_x"]), torch.where(rose, 0.0, work["relax_y"])
         _set_relaxation(work, rows, cols)

@@ -259,6 +259,7 @@ def _mask(
 
 
 def _ones_if_none(mask: Tensor | None, batch: int, n: int, device: torch.device) -> Tensor:
+    """``mask``, or an all-True (B, n) mask where none was given."""
     return torch.ones(batch, n, dtype=torch.bool, device=device) if mask is None else mask
 
 
