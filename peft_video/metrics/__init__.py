@@ -1,6 +1,7 @@
-"""Evaluation for video-language tasks: ``evaluate`` modules shipped in the package and the ranking math they share.
+"""Evaluation for video-language tasks: ``load(name)`` for every ``evaluate`` module shipped in the package.
 
-``load(name)`` loads one of :data:`METRICS` from its script inside the installed package, so no Hub access happens.
+Each task keeps its metric scripts in its own folder (``peft_video/tasks/<task>/metrics/``); this module only knows
+where each one lives, so ``peft_video.metrics.load(name)`` works for all of them without any Hub access.
 """
 
 from __future__ import annotations
@@ -10,10 +11,17 @@ from typing import Any
 
 from .ranking import RECALL_KS, dual_softmax, expected_ranks, rank_metrics, recall_at_k, relevance_matrix
 
-METRICS: tuple[str, ...] = ("video_text_retrieval", "order_pair_accuracy")
+METRIC_PACKAGES: dict[str, str] = {
+    "video_text_retrieval": "peft_video.metrics",
+    "order_pair_accuracy": "peft_video.metrics",
+}
+"""Packaged ``evaluate`` modules: metric name -> the package whose ``<name>.py`` is the metric script."""
+
+METRICS: tuple[str, ...] = tuple(METRIC_PACKAGES)
 
 __all__ = [
     "METRICS",
+    "METRIC_PACKAGES",
     "RECALL_KS",
     "dual_softmax",
     "expected_ranks",
@@ -27,9 +35,9 @@ __all__ = [
 
 def metric_path(name: str) -> str:
     """Path of the script of the packaged ``evaluate`` module ``name``."""
-    if name not in METRICS:
+    if name not in METRIC_PACKAGES:
         raise ValueError(f"`name` must be one of {METRICS}, got {name!r}")
-    return str(resources.files("peft_video.metrics") / f"{name}.py")
+    return str(resources.files(METRIC_PACKAGES[name]) / f"{name}.py")
 
 
 def load(name: str, **kwargs: Any):

@@ -1,0 +1,1 @@
+"""Captioning metrics: ``evaluate`` modules and the scorer math they share."""

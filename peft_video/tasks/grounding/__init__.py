@@ -1,0 +1,1 @@
+"""Temporal language grounding and highlight detection (READ-PVLA's first task): model, data, metrics, training."""

@@ -1,0 +1,1 @@
+"""Grounding and highlight-detection metrics: ``evaluate`` modules and the scorer math they share."""

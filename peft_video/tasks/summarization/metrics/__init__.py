@@ -1,0 +1,1 @@
+"""Summarization metrics: ``evaluate`` modules and the scorer math they share."""
