@@ -97,3 +97,14 @@ def video_to_frame_batch(pixel_values: torch.Tensor) -> torch.Tensor:
             f"`pixel_values` must be a video batch of shape (B, T, C, H, W), got shape {tuple(pixel_values.shape)}"
         )
     return flatten_frames(pixel_values)
+
+
+def mean_pool_frames(frame_embeds: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """(B*T, E) frame embeddings -> (B, E) video embeddings: L2-normalise each frame, average over T, normalise.
+
+    CLIP4Clip's parameter-free "meanP" pooling, which the RAP paper uses; the one video pooling of the package
+    (retrieval's task model and ``retrieval_scores`` both call it). Frame-wise encoders pooled this way give a video
+    and its time-reversal the same embedding.
+    """
+    frames = torch.nn.functional.normalize(frame_embeds, dim=-1)
+    return torch.nn.functional.normalize(unflatten_frames(frames, num_frames).mean(dim=1), dim=-1)

@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from transformers import CLIPModel, CLIPProcessor
 
 from peft_video.data.collate import VideoTextCollator
-from peft_video.data.evaluation import chance_at_1, order_pair_accuracy, retrieval_at_1
 from peft_video.data.synthetic import make_frame_dataset, make_video_dataset
 from peft_video.data.tiny_clip import build_tiny_clip_processor, tiny_clip_config
 from peft_video.tasks.retrieval import symmetric_info_nce
+from peft_video.tasks.retrieval.metrics import chance_at_1, order_pair_accuracy, retrieval_at_1
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "peft_video" / "assets" / "tiny_clip"
 

@@ -25,19 +25,16 @@ from transformers.utils import logging as hf_logging
 
 import peft_video
 from peft_video.data import VideoTextCollator, load_video_text_dataset, make_video_dataset
-from peft_video.tasks import (
-    METHODS,
+from peft_video.tasks import METHODS, load_clip_backbone, prepare_model, trainable_parameters
+from peft_video.tasks.methods import DEFAULT_LEARNING_RATES
+from peft_video.tasks.report import write_results
+from peft_video.tasks.retrieval import (
     VideoTextRetrievalModel,
     VideoTextTrainer,
     embed_dataset,
     evaluate_retrieval,
-    load_clip_backbone,
-    prepare_model,
-    trainable_parameters,
+    pvla_source,
 )
-from peft_video.tasks.methods import DEFAULT_LEARNING_RATES
-from peft_video.tasks.report import write_results
-from peft_video.tasks.retrieval import pvla_source
 
 SYNTHETIC = "synthetic"
 

@@ -14,7 +14,7 @@ from peft import PeftConfig, PeftModel, get_model_status, get_peft_model, inject
 from safetensors.torch import load_file
 
 import peft_video
-from peft_video import RapConfig, rap_condition, retrieval_scores, use_num_frames
+from peft_video import RapConfig, rap_condition, use_num_frames
 from peft_video.tuners.rap import RapLayer
 
 from .helpers import run_fresh, train_steps
@@ -562,22 +562,3 @@ def test_candidates_condition_each_video_on_its_best_sentence(family):
             gallery = family.encode_frames(model, pixels)
     assert torch.equal(picked, paired)
     assert gallery.shape == paired.shape
-
-
-def test_retrieval_scores_and_dual_softmax_against_a_float64_reference():
-    generator = torch.Generator().manual_seed(0)
-    text = torch.randn(5, 8, generator=generator, dtype=torch.float64)
-    frame_embeds = torch.randn(3 * FRAMES, 8, generator=generator, dtype=torch.float64)
-    video = frame_embeds.view(3, FRAMES, 8).mean(1)
-    cosine = torch.tensor(
-        [[float(t @ v / (t.norm() * v.norm())) for v in video] for t in text], dtype=torch.float64
-    )
-    torch.testing.assert_close(retrieval_scores(text, frame_embeds, num_frames=FRAMES), cosine)
-    prior = torch.exp(cosine / 0.05) / torch.exp(cosine / 0.05).sum(dim=0, keepdim=True)  # over the queries
-    torch.testing.assert_close(
-        retrieval_scores(text, video, dual_softmax=True, temperature=0.05), cosine * prior
-    )
-    with pytest.raises(ValueError, match="`candidate_embeds` have width 7"):
-        retrieval_scores(text, torch.randn(3, 7, dtype=torch.float64))
-    with pytest.raises(ValueError, match="`temperature` must be positive"):
-        retrieval_scores(text, video, temperature=0.0)

@@ -19,23 +19,26 @@ from safetensors.torch import load_file
 from transformers import CLIPModel, TrainingArguments
 
 from peft_video.data import VideoTextCollator, build_tiny_clip_processor, make_video_dataset, tiny_clip_config
-from peft_video.metrics import dual_softmax, expected_ranks, rank_metrics, recall_at_k, relevance_matrix
-from peft_video.tasks import (
-    FRAME_WISE,
-    METHODS,
+from peft_video.tasks import FRAME_WISE, METHODS, load_clip_backbone, prepare_model, trainable_parameters
+from peft_video.tasks.report import markdown_table, write_results
+from peft_video.tasks.retrieval import (
     OrderPairSampler,
     VideoTextRetrievalModel,
     VideoTextTrainer,
     embed_dataset,
     evaluate_retrieval,
-    load_clip_backbone,
-    mean_pool_frames,
-    prepare_model,
     retrieval_relevance,
+    retrieval_scores,
     symmetric_info_nce,
-    trainable_parameters,
 )
-from peft_video.tasks.report import markdown_table, write_results
+from peft_video.tasks.retrieval.metrics import (
+    dual_softmax,
+    expected_ranks,
+    rank_metrics,
+    recall_at_k,
+    relevance_matrix,
+)
+from peft_video.video import mean_pool_frames
 from tests.helpers import ROOT, run_fresh
 from tests.tiny_models import tiny_clip, tiny_open_clip, tokens
 
@@ -425,3 +428,24 @@ def test_recipe_trains_on_msrvtt_style_annotations(tmp_path):
     assert row["method"] == "read" and row["steps"] == 2 and row["eval_videos"] == 2
     assert "order_v2t" not in row  # real data has no order-only pairs
     assert 0 <= row["t2v_R@1"] <= 100 and (tmp_path / "out" / "model" / "adapter_model.safetensors").is_file()
+
+
+def test_retrieval_scores_and_dual_softmax_against_a_float64_reference():
+    generator = torch.Generator().manual_seed(0)
+    text = torch.randn(5, 8, generator=generator, dtype=torch.float64)
+    frame_embeds = torch.randn(3 * 4, 8, generator=generator, dtype=torch.float64)
+    video = (
+        torch.nn.functional.normalize(frame_embeds, dim=-1).view(3, 4, 8).mean(1)
+    )  # meanP: frames normalised first
+    cosine = torch.tensor(
+        [[float(t @ v / (t.norm() * v.norm())) for v in video] for t in text], dtype=torch.float64
+    )
+    torch.testing.assert_close(retrieval_scores(text, frame_embeds, num_frames=4), cosine)
+    prior = torch.exp(cosine / 0.05) / torch.exp(cosine / 0.05).sum(dim=0, keepdim=True)  # over the queries
+    torch.testing.assert_close(
+        retrieval_scores(text, video, dual_softmax=True, temperature=0.05), cosine * prior
+    )
+    with pytest.raises(ValueError, match="`candidate_embeds` have width 7"):
+        retrieval_scores(text, torch.randn(3, 7, dtype=torch.float64))
+    with pytest.raises(ValueError, match="`temperature` must be a positive number"):
+        retrieval_scores(text, video, temperature=0.0)

@@ -14,13 +14,13 @@ from peft_video.data import (
     is_held_out,
     make_frame_dataset,
     make_video_dataset,
-    order_pair_accuracy,
     split_combinations,
     video_text_features,
     vocabulary,
 )
 from peft_video.data.render import SHAPES
 from peft_video.data.synthetic import COLOURS
+from peft_video.tasks.retrieval.metrics import order_pair_accuracy
 
 
 @pytest.fixture(scope="module")

@@ -17,11 +17,11 @@ from peft_video.data import (
     build_tiny_clip_processor,
     make_frame_dataset,
     make_video_dataset,
-    retrieval_at_1,
     tiny_clip_config,
     tiny_clip_path,
     vocabulary,
 )
+from peft_video.tasks.retrieval.metrics import retrieval_at_1
 
 ROOT = Path(__file__).resolve().parents[1]
 

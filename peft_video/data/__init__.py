@@ -1,7 +1,6 @@
 """Video-text data: the synthetic world, real MSR-VTT-style loaders, the collator and the shipped tiny CLIP."""
 
 from .collate import VideoTextCollator
-from .evaluation import chance_at_1, order_pair_accuracy, retrieval_at_1
 from .real import load_frames, load_video_text_dataset, read_annotations, uniform_indices
 from .schema import COLUMNS, NO_PAIR, video_text_features
 from .synthetic import (
@@ -25,16 +24,13 @@ __all__ = [
     "VideoTextCollator",
     "build_tiny_clip_processor",
     "build_word_tokenizer",
-    "chance_at_1",
     "event_captions",
     "is_held_out",
     "load_frames",
     "load_video_text_dataset",
     "make_frame_dataset",
     "make_video_dataset",
-    "order_pair_accuracy",
     "read_annotations",
-    "retrieval_at_1",
     "split_combinations",
     "tiny_clip_config",
     "tiny_clip_path",

@@ -9,28 +9,15 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any
 
-from .ranking import RECALL_KS, dual_softmax, expected_ranks, rank_metrics, recall_at_k, relevance_matrix
-
 METRIC_PACKAGES: dict[str, str] = {
-    "video_text_retrieval": "peft_video.metrics",
-    "order_pair_accuracy": "peft_video.metrics",
+    "video_text_retrieval": "peft_video.tasks.retrieval.metrics",
+    "order_pair_accuracy": "peft_video.tasks.retrieval.metrics",
 }
 """Packaged ``evaluate`` modules: metric name -> the package whose ``<name>.py`` is the metric script."""
 
 METRICS: tuple[str, ...] = tuple(METRIC_PACKAGES)
 
-__all__ = [
-    "METRICS",
-    "METRIC_PACKAGES",
-    "RECALL_KS",
-    "dual_softmax",
-    "expected_ranks",
-    "load",
-    "metric_path",
-    "rank_metrics",
-    "recall_at_k",
-    "relevance_matrix",
-]
+__all__ = ["METRICS", "METRIC_PACKAGES", "load", "metric_path"]
 
 
 def metric_path(name: str) -> str:

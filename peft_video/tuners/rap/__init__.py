@@ -4,7 +4,6 @@ from .condition import RapCondition, rap_condition
 from .config import RapConfig
 from .layer import RapCLIPAttention, RapLayer, RapMultiheadAttention
 from .model import RAP_TARGET_MODULES, RapModel
-from .retrieval import retrieval_scores
 
 __all__ = [
     "RAP_TARGET_MODULES",
@@ -15,5 +14,4 @@ __all__ = [
     "RapModel",
     "RapMultiheadAttention",
     "rap_condition",
-    "retrieval_scores",
 ]

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Sampler
 from transformers import Trainer
 
-from ..data.schema import NO_PAIR
+from ...data.schema import NO_PAIR
 
 ORDER_PAIR_COLUMN = "order_pair_id"
 

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .. import metrics as pv_metrics
-from ..data.schema import NO_PAIR
-from ..metrics.ranking import relevance_matrix
+from ... import metrics as pv_metrics
+from ...data.schema import NO_PAIR
+from .metrics.ranking import relevance_matrix
 
 
 @dataclass

@@ -10,7 +10,7 @@ import datasets
 import evaluate
 import torch
 
-from peft_video.data.evaluation import order_pair_accuracy
+from peft_video.tasks.retrieval.metrics.ranking import order_pair_accuracy
 
 _DESCRIPTION = """
 Each example is a video: its row of scores against the captions of all videos, in the same order (``predictions``),
@@ -33,7 +33,7 @@ Example:
 
 
 class OrderPairAccuracy(evaluate.Metric):
-    """Two-way choices inside each order-only pair, in both directions (see peft_video.data.order_pair_accuracy)."""
+    """Two-way choices inside each order-only pair, in both directions (see peft_video.tasks.retrieval.metrics.ranking)."""
 
     def _info(self) -> evaluate.MetricInfo:
         return evaluate.MetricInfo(

@@ -9,8 +9,7 @@ import datasets
 import evaluate
 import torch
 
-from peft_video.data.evaluation import TIE_TOLERANCE
-from peft_video.metrics.ranking import RECALL_KS, dual_softmax, rank_metrics
+from peft_video.tasks.retrieval.metrics.ranking import RECALL_KS, TIE_TOLERANCE, dual_softmax, rank_metrics
 
 _DESCRIPTION = """
 Text-video retrieval scores in both directions from one similarity matrix. Each example is a text query: its row of

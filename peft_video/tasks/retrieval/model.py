@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
-from ..alignment import TwoTower
-from ..architectures import is_open_clip_model
-from ..tuners.rap import rap_condition
-from ..video import unflatten_frames, use_num_frames, video_to_frame_batch
+from ...alignment import TwoTower
+from ...architectures import is_open_clip_model
+from ...tuners.rap import rap_condition
+from ...video import mean_pool_frames, unflatten_frames, use_num_frames, video_to_frame_batch
 
 MAX_LOGIT_SCALE = 100.0
 """CLIP clamps its learned logit scale (inverse temperature) at 100; so does this task's loss."""
@@ -34,13 +34,6 @@ class VideoTextRetrievalOutput(ModelOutput):
     logits_per_text: torch.Tensor | None = None
     text_embeds: torch.Tensor | None = None
     video_embeds: torch.Tensor | None = None
-
-
-def mean_pool_frames(frame_embeds: torch.Tensor, num_frames: int) -> torch.Tensor:
-    """(B*T, E) frame embeddings -> (B, E) video embeddings: normalise each frame, average over T, normalise
-    (CLIP4Clip's parameter-free "meanP" pooling, which the RAP paper uses)."""
-    frames = F.normalize(frame_embeds, dim=-1)
-    return F.normalize(frames.reshape(-1, num_frames, frames.shape[-1]).mean(dim=1), dim=-1)
 
 
 def same_text_mask(input_ids: torch.Tensor) -> torch.Tensor:
