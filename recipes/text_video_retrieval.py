@@ -8,7 +8,8 @@ Frames are encoded one by one, mean-pooled over time and trained with symmetric 
         --data msrvtt_train.json --eval-data msrvtt_test.json --video-root videos/ --num-frames 12
     python recipes/text_video_retrieval.py --method rap --backbone open_clip:ViT-B-32 --pretrained openai ...
 
-Methods: frozen (zero-shot), full, lora, read, rap, token_mix; ``--pvla W`` adds W x PVLA to the loss. Writes
+Methods (peft_video.tasks.METHODS): frozen (zero-shot), full, bitfit, partial, proj, lora, ia3, adapter, read,
+rap, token_mix; ``--pvla W`` adds W x PVLA to the loss. Writes
 ``results.json``, ``results.md``, ``accuracy_vs_params.png`` and (with ``--save``) the adapter to ``--output-dir``.
 """
 
@@ -26,9 +27,10 @@ from transformers.utils import logging as hf_logging
 import peft_video
 from peft_video.data import VideoTextCollator, load_video_text_dataset, make_video_dataset
 from peft_video.tasks import METHODS, load_clip_backbone, prepare_model, trainable_parameters
-from peft_video.tasks.methods import DEFAULT_LEARNING_RATES
+from peft_video.tasks.methods import DEFAULT_LEARNING_RATES, SELECTIVE_METHODS, save_trainable
 from peft_video.tasks.report import write_results
 from peft_video.tasks.retrieval import (
+    TEXT_EMBEDDINGS,
     VideoTextRetrievalModel,
     VideoTextTrainer,
     embed_dataset,
@@ -73,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-steps", type=int, default=200, help="optimizer steps (overrides --epochs when > 0)"
     )
     parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument(
+        "--partial-blocks", type=int, default=1, help="method partial: train the last N blocks of each tower"
+    )
     parser.add_argument(
         "--batch-size", type=int, default=32, help="videos per step (even: order pairs stay together)"
     )
@@ -138,7 +143,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         VideoTextRetrievalModel(backbone.model, logit_scale=args.logit_scale),
         args.method,
         args.num_frames,
-        text_embeddings=args.text_embeddings,
+        also_train=[TEXT_EMBEDDINGS] if args.text_embeddings else (),
+        partial_blocks=args.partial_blocks,
     )
     device = "cuda" if torch.cuda.is_available() else "cpu"
     row: dict[str, Any] = {
@@ -149,7 +155,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "steps": 0,
         "seconds_per_step": None,
     }
-    if args.method != "frozen":
+    if row["trainable_params"] > 0:
         lr = args.lr if args.lr is not None else DEFAULT_LEARNING_RATES[args.method]
         training_args = TrainingArguments(
             output_dir=str(output_dir / "trainer"),
@@ -184,7 +190,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             train_seconds=output.metrics["train_runtime"],
         )
         if args.save:
-            trainer.save_model(str(output_dir / "model"))
+            if args.method in SELECTIVE_METHODS:  # only the trainable tensors, not a copy of the backbone
+                save_trainable(model, output_dir / "model", method=args.method)
+            else:
+                trainer.save_model(str(output_dir / "model"))
     model.to(device)
     start = time.perf_counter()
     embeddings = embed_dataset(model, test, collator, batch_size=2 * args.batch_size, progress=not args.quiet)

@@ -4,6 +4,7 @@ evaluation and metrics. Data comes from the shared ``peft_video.data`` (syntheti
 from .evaluation import RetrievalEmbeddings, embed_dataset, evaluate_retrieval, retrieval_relevance
 from .metrics.ranking import retrieval_scores
 from .model import (
+    TEXT_EMBEDDINGS,
     VideoTextRetrievalModel,
     VideoTextRetrievalOutput,
     pvla_source,
@@ -13,6 +14,7 @@ from .model import (
 from .training import OrderPairSampler, VideoTextTrainer
 
 __all__ = [
+    "TEXT_EMBEDDINGS",
     "OrderPairSampler",
     "RetrievalEmbeddings",
     "VideoTextRetrievalModel",

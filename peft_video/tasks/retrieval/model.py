@@ -21,6 +21,30 @@ from ...alignment import TwoTower
 from ...architectures import is_open_clip_model
 from ...tuners.rap import rap_condition
 from ...video import mean_pool_frames, unflatten_frames, use_num_frames, video_to_frame_batch
+from ..methods import MethodTargets
+
+_HF_VISION_BLOCK = r"(.*\.)?vision_model\.encoder\.layers\.\d+\."
+_OPEN_CLIP_VISION_BLOCK = r"(.*\.)?visual\.transformer\.resblocks\.\d+\."
+_HF_CLIP_TOWERS: dict = {
+    "blocks": ("backbone.vision_model.encoder.layers", "backbone.text_model.encoder.layers"),
+    "projections": ("backbone.visual_projection", "backbone.text_projection"),
+    "lora": _HF_VISION_BLOCK + r"(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.(fc1|fc2))",
+    "ia3": _HF_VISION_BLOCK + r"(self_attn\.(k_proj|v_proj)|mlp\.fc2)",
+    "ia3_feedforward": _HF_VISION_BLOCK + r"mlp\.fc2",
+}
+_OPEN_CLIP_TOWERS: dict = {  # open_clip keeps its projections as bare parameters and fuses q/k/v in MultiheadAttention
+    "blocks": ("backbone.visual.transformer.resblocks", "backbone.transformer.resblocks"),
+    "projections": ("backbone.visual.proj", "backbone.text_projection"),
+    "lora": _OPEN_CLIP_VISION_BLOCK + r"(attn|mlp\.c_fc|mlp\.c_proj)",
+    "ia3": _OPEN_CLIP_VISION_BLOCK + r"mlp\.(c_fc|c_proj)",
+    "ia3_feedforward": _OPEN_CLIP_VISION_BLOCK + r"mlp\.c_proj",
+}
+"""Per CLIP family: the block lists and projections of both towers, and the vision-tower targets of LoRA / IA3
+(IA3 scales keys, values and the FFN's inner activations; open_clip's fused attention takes no IA3, so only its MLP)."""
+
+TEXT_EMBEDDINGS = "token_embedding"
+"""Name (suffix) of the text tower's word-embedding table in HF CLIP and open_clip: the recipes' `--text-embeddings`
+trains it (``prepare_model(..., also_train=[TEXT_EMBEDDINGS])``) for words the backbone never learned."""
 
 MAX_LOGIT_SCALE = 100.0
 """CLIP clamps its learned logit scale (inverse temperature) at 100; so does this task's loss."""
@@ -102,6 +126,31 @@ class VideoTextRetrievalModel(nn.Module):
             )
         self.backbone = backbone
         self.fixed_logit_scale = None if logit_scale is None else float(logit_scale)
+
+    def method_targets(self) -> MethodTargets:
+        """Where each method of the registry acts on this model (``peft_video.tasks.methods``): LoRA, IA3, READ
+        (frames axis), the adapter, RAP and TokenMix on the vision tower; ``partial`` on the last block(s) of both
+        towers, ``proj`` on both projections, ``bitfit`` on every bias of the CLIP. Prompt tuning does not apply."""
+        towers = _OPEN_CLIP_TOWERS if self.is_open_clip else _HF_CLIP_TOWERS
+        return MethodTargets(
+            backbone=("backbone",),
+            blocks=towers["blocks"],
+            projections=towers["projections"],
+            lora=towers["lora"],
+            ia3=towers["ia3"],
+            ia3_feedforward=towers["ia3_feedforward"],
+            read_axis="frames",
+            token_mix={},
+            rap=True,
+            notes={
+                "prompt": "peft's prompt tuning prepends virtual tokens to a language model's input embeddings; "
+                "a CLIP vision tower takes pixels (visual prompt tuning is a different method)"
+            },
+        )
+
+    def pvla_source(self, num_frames: int) -> TwoTower:
+        """Where PVLA reads video and text representations: see :func:`pvla_source`."""
+        return pvla_source(self, num_frames)
 
     def logit_scale(self) -> torch.Tensor | float:
         """The inverse temperature of the loss."""
