@@ -21,6 +21,7 @@ from pathlib import Path
 from transformers.utils import logging as hf_logging
 
 from peft_video.tasks.report import markdown_table, write_results
+from peft_video.tasks.retrieval import RETRIEVAL_COLUMNS, RETRIEVAL_SERIES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from text_video_retrieval import build_parser, run  # noqa: E402  (the single-method recipe beside this file)
@@ -90,9 +91,9 @@ def main(argv: list[str] | None = None) -> None:
 
     total = time.perf_counter() - start
     title = f"peft-video demo: {len(rows)} methods, {budget['max_steps']} steps each, {total:.0f} s in all"
-    paths = write_results(rows, args.output_dir, title=title)
+    paths = write_results(rows, args.output_dir, RETRIEVAL_COLUMNS, RETRIEVAL_SERIES, title=title)
     print()
-    print(markdown_table(rows))
+    print(markdown_table(rows, RETRIEVAL_COLUMNS))
     print(f"{title}; results, table and plot in {args.output_dir}/ ({paths['plot'].name})")
 
 

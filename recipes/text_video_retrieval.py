@@ -10,7 +10,7 @@ Frames are encoded one by one, mean-pooled over time and trained with symmetric 
 
 Methods (peft_video.tasks.METHODS): frozen (zero-shot), full, bitfit, partial, proj, lora, ia3, adapter, read,
 rap, token_mix; ``--pvla W`` adds W x PVLA to the loss. Writes
-``results.json``, ``results.md``, ``accuracy_vs_params.png`` and (with ``--save``) the adapter to ``--output-dir``.
+``results.json``, ``results.md``, ``scores_vs_params.png`` and (with ``--save``) the adapter to ``--output-dir``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from peft_video.tasks import METHODS, load_clip_backbone, prepare_model, trainab
 from peft_video.tasks.methods import DEFAULT_LEARNING_RATES, SELECTIVE_METHODS, save_trainable
 from peft_video.tasks.report import write_results
 from peft_video.tasks.retrieval import (
+    RETRIEVAL_COLUMNS,
+    RETRIEVAL_SERIES,
     TEXT_EMBEDDINGS,
     VideoTextRetrievalModel,
     VideoTextTrainer,
@@ -210,7 +212,11 @@ def main(argv: list[str] | None = None) -> None:
     row = run(args)
     output_dir = args.output_dir or Path("outputs") / "retrieval" / row["method"]
     paths = write_results(
-        [row], output_dir, title=f"text-video retrieval: {row['method']} on {row['backbone']}"
+        [row],
+        output_dir,
+        RETRIEVAL_COLUMNS,
+        RETRIEVAL_SERIES,
+        title=f"text-video retrieval: {row['method']} on {row['backbone']}",
     )
     print(paths["markdown"].read_text())
     print(f"results in {output_dir}/")

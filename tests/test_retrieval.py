@@ -20,8 +20,10 @@ from transformers import CLIPModel, TrainingArguments
 
 from peft_video.data import VideoTextCollator, build_tiny_clip_processor, make_video_dataset, tiny_clip_config
 from peft_video.tasks import load_clip_backbone, prepare_model
-from peft_video.tasks.report import markdown_table, write_results
+from peft_video.tasks.report import aggregate_seeds, markdown_table, write_results
 from peft_video.tasks.retrieval import (
+    RETRIEVAL_COLUMNS,
+    RETRIEVAL_SERIES,
     TEXT_EMBEDDINGS,
     OrderPairSampler,
     VideoTextRetrievalModel,
@@ -324,12 +326,40 @@ def test_report_writes_json_markdown_and_a_png(tmp_path):
             "seconds_per_step": 0.25,
         },
     ]
-    table = markdown_table(rows)
-    assert "| read | 2,480 | 20.0 | 80.0 | 0.250 |" in table and "| frozen | 0 | 10.0 | 50.0 | — |" in table
-    paths = write_results(rows, tmp_path, title="demo")
+    table = markdown_table(rows, RETRIEVAL_COLUMNS)
+    assert (
+        "| read | 2,480 | 20.0 | 80.0 | — | 0.250 |" in table
+        and "| frozen | 0 | 10.0 | 50.0 | — | — |" in table
+    )
+    paths = write_results(rows, tmp_path, RETRIEVAL_COLUMNS, RETRIEVAL_SERIES, title="demo")
     assert json.loads(paths["json"].read_text()) == rows
     with Image.open(paths["plot"]) as image:
         assert image.format == "PNG" and image.size[0] > 100
+
+
+def test_seed_aggregation_gives_mean_and_spread_in_the_table(tmp_path):
+    runs = [
+        {
+            "method": "read",
+            "trainable_params": 10,
+            "t2v_R@1": value,
+            "order_v2t": 0.5 + value / 100,
+            "seed": seed,
+        }
+        for seed, value in enumerate([10.0, 20.0, 30.0])
+    ] + [{"method": "frozen", "trainable_params": 0, "t2v_R@1": 5.0, "order_v2t": 0.5, "seed": 0}]
+    rows = aggregate_seeds(runs, ["t2v_R@1", "order_v2t"])
+    assert [r["method"] for r in rows] == ["read", "frozen"] and rows[0]["seeds"] == 3
+    assert (
+        rows[0]["t2v_R@1"] == 20.0
+        and rows[0]["t2v_R@1_std"] == 10.0
+        and rows[0]["t2v_R@1_runs"] == [10, 20, 30]
+    )
+    table = markdown_table(rows, RETRIEVAL_COLUMNS)
+    assert "| read | 10 | 20.0 ± 10.0 | 70.0 ± 10.0 | — | — |" in table
+    assert "| frozen | 0 | 5.0 | 50.0 | — | — |" in table  # one run: no spread printed
+    paths = write_results(rows, tmp_path, RETRIEVAL_COLUMNS, RETRIEVAL_SERIES, runs=runs)
+    assert json.loads(paths["json"].read_text())["runs"][0]["seed"] == 0
 
 
 # -- backbones and the recipe on real-style data -------------------------------------------------------------------

@@ -1,115 +1,209 @@
-"""Report a comparison of methods: a results JSON, a markdown table and a PNG plot of accuracy against parameters.
+"""Report a comparison of methods, for every task: a results JSON, a markdown table and a results figure.
 
-The plot is drawn with Pillow (already needed for image and video loading), so reporting adds no dependency.
+Each task names its own columns (``Column``) and plotted scores (``Series``); this module aggregates runs over seeds
+(mean and spread), formats the table and draws score against trainable parameters with matplotlib (headless Agg).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import statistics
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw, ImageFont
 
-TABLE_COLUMNS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
-    ("method", "method", str),
-    ("trainable_params", "trainable params", "{:,}".format),
-    ("t2v_R@1", "t2v R@1 (%)", "{:.1f}".format),
-    ("order_v2t", "order-only acc. (%)", lambda fraction: f"{100 * fraction:.1f}"),
-    ("seconds_per_step", "s / step", "{:.3f}".format),
-)
-"""(result key, column title, formatter) of the comparison table."""
+@dataclass(frozen=True)
+class Column:
+    """One table column: the result key, its title, and how a value prints."""
+
+    key: str
+    title: str
+    fmt: Callable[[Any], str] = str
 
 
-def markdown_table(
-    rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, Callable[[Any], str]]] = TABLE_COLUMNS
-) -> str:
-    """A markdown table with one row per result; a missing or None value prints as an em dash."""
-    lines = ["| " + " | ".join(title for _, title, _ in columns) + " |", "|" + " --- |" * len(columns)]
+@dataclass(frozen=True)
+class Series:
+    """One plotted score: the result key, the factor to percent (1 for percent already, 100 for fractions), a label,
+    and the chance level in percent (drawn as a dashed line; None for none)."""
+
+    key: str
+    scale: float
+    label: str
+    chance: float | None = None
+
+
+def count(value: Any) -> str:
+    """Thousands-separated integer (parameter counts)."""
+    return f"{int(value):,}"
+
+
+def fixed(digits: int, scale: float = 1.0) -> Callable[[Any], str]:
+    """Formatter of a number with ``digits`` decimals after multiplying by ``scale``."""
+    return lambda value: f"{scale * float(value):.{digits}f}"
+
+
+SPREAD_SUFFIX = "_std"
+SEEDS_KEY = "seeds"
+
+
+def aggregate_seeds(
+    rows: Sequence[dict[str, Any]], keys: Sequence[str], by: str = "method"
+) -> list[dict[str, Any]]:
+    """One row per ``by`` value (in first-seen order): each numeric key in ``keys`` becomes the mean over the runs,
+    with its sample standard deviation under ``<key>_std`` (0 for a single run) and the run values under
+    ``<key>_runs``; other fields are taken from the first run, and ``seeds`` counts the runs."""
+    groups: dict[Any, list[dict[str, Any]]] = {}
     for row in rows:
-        cells = ["—" if row.get(key) is None else fmt(row[key]) for key, _, fmt in columns]
+        if by not in row:
+            raise ValueError(f"every result row needs `{by}`; got a row with keys {sorted(row)}")
+        groups.setdefault(row[by], []).append(row)
+    summary = []
+    for runs in groups.values():
+        merged = dict(runs[0])
+        merged[SEEDS_KEY] = len(runs)
+        for key in keys:
+            values = [float(run[key]) for run in runs if run.get(key) is not None]
+            if not values:
+                merged[key] = None
+                continue
+            merged[key] = statistics.fmean(values)
+            merged[key + SPREAD_SUFFIX] = statistics.stdev(values) if len(values) > 1 else 0.0
+            merged[key + "_runs"] = values
+        summary.append(merged)
+    return summary
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> str:
+    """A markdown table with one row per result. A value with a ``<key>_std`` beside it (from
+    :func:`aggregate_seeds`) prints as ``mean ± std``; a missing or None value prints as an em dash."""
+    lines = ["| " + " | ".join(c.title for c in columns) + " |", "|" + " --- |" * len(columns)]
+    for row in rows:
+        cells = []
+        for column in columns:
+            value = row.get(column.key)
+            if value is None:
+                cells.append("—")
+                continue
+            cell = column.fmt(value)
+            spread = row.get(column.key + SPREAD_SUFFIX)
+            if spread is not None and row.get(SEEDS_KEY, 1) > 1:
+                cell += " ± " + column.fmt(spread).lstrip()
+            cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def write_results(rows: Sequence[dict[str, Any]], output_dir: str | Path, title: str = "") -> dict[str, Path]:
-    """Write ``results.json``, ``results.md`` and ``accuracy_vs_params.png`` into ``output_dir``; return the paths."""
+def write_results(
+    rows: Sequence[dict[str, Any]],
+    output_dir: str | Path,
+    columns: Sequence[Column],
+    series: Sequence[Series],
+    title: str = "",
+    runs: Sequence[dict[str, Any]] | None = None,
+) -> dict[str, Path]:
+    """Write ``results.json`` (``rows``, and every single run under ``runs`` when given), ``results.md`` and
+    ``scores_vs_params.png`` into ``output_dir``; return the paths."""
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     paths = {
         "json": output / "results.json",
         "markdown": output / "results.md",
-        "plot": output / "accuracy_vs_params.png",
+        "plot": output / "scores_vs_params.png",
     }
-    paths["json"].write_text(json.dumps(list(rows), indent=2, sort_keys=True) + "\n")
-    paths["markdown"].write_text((f"### {title}\n\n" if title else "") + markdown_table(rows))
-    plot_accuracy_vs_parameters(rows, paths["plot"], title=title)
+    payload: Any = list(rows) if runs is None else {"summary": list(rows), "runs": list(runs)}
+    paths["json"].write_text(json.dumps(payload, indent=2, sort_keys=True, default=float) + "\n")
+    paths["markdown"].write_text((f"### {title}\n\n" if title else "") + markdown_table(rows, columns))
+    plot_scores_vs_parameters(rows, paths["plot"], series, title=title)
     return paths
 
 
-_SERIES = (
-    ("t2v_R@1", 0.01, "t2v R@1", (40, 90, 200)),
-    ("order_v2t", 1.0, "order-only accuracy", (210, 70, 40)),
-)
-
-
-def plot_accuracy_vs_parameters(
-    rows: Sequence[dict[str, Any]], path: str | Path, title: str = "", size: tuple[int, int] = (720, 460)
+def plot_scores_vs_parameters(
+    rows: Sequence[dict[str, Any]], path: str | Path, series: Sequence[Series], title: str = ""
 ) -> Path:
-    """Scatter t2v R@1 and order-only accuracy (0-100%) against trainable parameters (log scale), one labelled
-    point per method; methods with no trainable parameters sit at the left edge."""
-    width, height = size
-    left, right, top, bottom = 70, 170, 40, 60
-    image = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default()
-    x0, x1, y0, y1 = left, width - right, height - bottom, top
-    counts = [max(int(r.get("trainable_params") or 0), 1) for r in rows]
-    lo = math.floor(math.log10(min(counts))) if counts else 0
-    hi = max(math.ceil(math.log10(max(counts))) if counts else 1, lo + 1)
+    """Scores (percent) against trainable parameters on a log axis, one marker per method and series, error bars for
+    the spread over seeds, method labels placed so they do not overlap, a legend and each series' chance line.
+    Methods with no trainable parameters sit at a tick labelled "0" at the left."""
+    import matplotlib
 
-    def px(count: int) -> float:
-        return x0 + (math.log10(max(count, 1)) - lo) / (hi - lo) * (x1 - x0)
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
 
-    def py(fraction: float) -> float:
-        return y0 - fraction * (y0 - y1)
-
-    draw.rectangle([x0, y1, x1, y0], outline="black")
-    for tick in range(0, 101, 25):
-        y = py(tick / 100)
-        draw.line([x0 - 4, y, x0, y], fill="black")
-        draw.line([x0, y, x1, y], fill=(225, 225, 225))
-        draw.text((x0 - 30, y - 6), f"{tick}%", fill="black", font=font)
-    has_zero = any(not r.get("trainable_params") for r in rows)
-    for exponent in range(lo, hi + 1):
-        x = px(10**exponent)
-        draw.line([x, y0, x, y0 + 4], fill="black")
-        label = (
-            "0" if exponent == lo == 0 and has_zero else f"1e{exponent}"
-        )  # 0 parameters sit at the left edge
-        draw.text((x - 12, y0 + 8), label, fill="black", font=font)
-    draw.line([x0, py(0.5), x1, py(0.5)], fill=(210, 70, 40))  # order-only chance
-    draw.text((x1 + 4, py(0.5) - 6), "order chance", fill=(210, 70, 40), font=font)
-    draw.text((x0 + (x1 - x0) // 2 - 60, height - 28), "trainable parameters (log)", fill="black", font=font)
+    counts = [int(row.get("trainable_params") or 0) for row in rows]
+    positive = [c for c in counts if c > 0] or [1]
+    low = 10 ** math.floor(math.log10(min(positive)) - 1)
+    xs = [c if c > 0 else low for c in counts]
+    figure, axes = plt.subplots(figsize=(8, 5), dpi=120)
+    axes.set_xscale("log")
+    axes.set_xlim(low / 2, max(xs) * 4)
+    axes.set_ylim(0, 105)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    labels: list[tuple[float, float, str, str]] = []
+    for index, line in enumerate(series):
+        colour = colours[index % len(colours)]
+        points = [
+            (
+                x,
+                float(row[line.key]) * line.scale,
+                float(row.get(line.key + SPREAD_SUFFIX) or 0) * line.scale,
+                row,
+            )
+            for x, row in zip(xs, rows, strict=True)
+            if row.get(line.key) is not None
+        ]
+        if not points:
+            continue
+        axes.errorbar(
+            [p[0] for p in points],
+            [p[1] for p in points],
+            yerr=[p[2] for p in points],
+            fmt="o",
+            color=colour,
+            capsize=3,
+            label=line.label,
+        )
+        if line.chance is not None:
+            axes.axhline(
+                line.chance, color=colour, linestyle="--", linewidth=1, label=f"{line.label}: chance"
+            )
+        labels.extend((x, y, str(row.get("method", "")), colour) for x, y, _, row in points)
+    placed: list[tuple[float, float]] = []  # label anchors in display points, to keep labels apart
+    for x, y, text, colour in sorted(labels, key=lambda item: -item[1]):
+        _label(axes, x, y, text, colour, placed, points_per_pixel=72 / figure.dpi)
+    exponents = range(round(math.log10(low)) + 1, math.ceil(math.log10(max(xs) * 4)))
+    axes.set_xticks([low, *(10.0**k for k in exponents)], ["0", *(f"$10^{{{k}}}$" for k in exponents)])
+    axes.minorticks_off()
+    axes.set_xlabel("trainable parameters (log scale)")
+    axes.set_ylabel("score (%)")
+    axes.grid(True, which="major", alpha=0.3)
+    axes.legend(loc="lower right", fontsize=8)
     if title:
-        draw.text((x0, 12), title, fill="black", font=font)
-    labels: list[tuple[float, float]] = []  # where labels went, to move overlapping ones down a line
-    for key, scale, _, colour in _SERIES:
-        for row, count in zip(rows, counts, strict=True):
-            value = row.get(key)
-            if value is None:
-                continue
-            x, y = px(count), py(float(value) * scale)
-            draw.ellipse([x - 5, y - 5, x + 5, y + 5], fill=colour)
-            ty = y - 6
-            while any(abs(lx - x) < 60 and abs(ly - ty) < 11 for lx, ly in labels):
-                ty += 11
-            labels.append((x, ty))
-            draw.text((x + 7, ty), str(row.get("method", "")), fill=colour, font=font)
-    for i, (_, _, label, colour) in enumerate(_SERIES):
-        draw.ellipse([x1 + 10, y1 + 10 + 18 * i, x1 + 20, y1 + 20 + 18 * i], fill=colour)
-        draw.text((x1 + 26, y1 + 9 + 18 * i), label, fill="black", font=font)
-    image.save(path)
+        axes.set_title(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
     return Path(path)
+
+
+def _label(
+    axes: Any,
+    x: float,
+    y: float,
+    text: str,
+    colour: str,
+    placed: list[tuple[float, float]],
+    points_per_pixel: float,
+) -> None:
+    """Annotate (x, y) with ``text``, moving the label down in 9-point steps until it clears the labels already
+    placed (a label is about 6 points per character wide and 9 points high at this font size)."""
+    px, py = (points_per_pixel * v for v in axes.transData.transform((x, y)))
+    width = 6 * len(text)
+    offset = 0.0
+    while any(abs(px - qx) < max(width, 40) and abs(py - offset - qy) < 9 for qx, qy in placed):
+        offset += 9
+    placed.append((px, py - offset))
+    axes.annotate(
+        text, (x, y), xytext=(6, -offset), textcoords="offset points", fontsize=8, color=colour, va="center"
+    )

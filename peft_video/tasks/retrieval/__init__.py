@@ -1,7 +1,14 @@
 """Text-video retrieval (RAP's task, and the first task of READ and TokenMix): the task model, Trainer glue,
 evaluation and metrics. Data comes from the shared ``peft_video.data`` (synthetic world, MSR-VTT-style loaders)."""
 
-from .evaluation import RetrievalEmbeddings, embed_dataset, evaluate_retrieval, retrieval_relevance
+from .evaluation import (
+    RETRIEVAL_COLUMNS,
+    RETRIEVAL_SERIES,
+    RetrievalEmbeddings,
+    embed_dataset,
+    evaluate_retrieval,
+    retrieval_relevance,
+)
 from .metrics.ranking import retrieval_scores
 from .model import (
     TEXT_EMBEDDINGS,
@@ -14,6 +21,8 @@ from .model import (
 from .training import OrderPairSampler, VideoTextTrainer
 
 __all__ = [
+    "RETRIEVAL_COLUMNS",
+    "RETRIEVAL_SERIES",
     "TEXT_EMBEDDINGS",
     "OrderPairSampler",
     "RetrievalEmbeddings",

@@ -17,7 +17,23 @@ from tqdm.auto import tqdm
 
 from ... import metrics as pv_metrics
 from ...data.schema import NO_PAIR
+from ..report import Column, Series, count, fixed
 from .metrics.ranking import relevance_matrix
+
+RETRIEVAL_COLUMNS: tuple[Column, ...] = (
+    Column("method", "method"),
+    Column("trainable_params", "trainable params", count),
+    Column("t2v_R@1", "t2v R@1 (%)", fixed(1)),
+    Column("order_v2t", "order-only v2t (%)", fixed(1, 100)),
+    Column("order_t2v", "order-only t2v (%)", fixed(1, 100)),
+    Column("seconds_per_step", "s / step", fixed(3)),
+)
+"""The retrieval comparison's table: order-only accuracy in both directions (video-to-text: does a video score its
+own caption above its reversal's; text-to-video: does a caption score its own video above the reversed one)."""
+RETRIEVAL_SERIES: tuple[Series, ...] = (
+    Series("t2v_R@1", 1.0, "t2v R@1"),
+    Series("order_v2t", 100.0, "order-only accuracy (v2t)", chance=50.0),
+)
 
 
 @dataclass
