@@ -7,8 +7,8 @@ Each method fine-tunes the shipped tiny CLIP (pretrained on still frames only) f
 videos of moving, growing, appearing shapes, and is scored on held-out (colour, shape, event) combinations: t2v R@1
 and the accuracy on order-only pairs (a clip and its time-reversal, captions that differ only in temporal order).
 Frame-wise methods with mean pooling give a clip and its reversal the same embedding, so they sit at 50% there.
-Every trained method also trains the text tower's word embeddings: the event words (moves, grows, appears, ...)
-never occur in the still-frame captions the tiny CLIP was pretrained on, so their embeddings are still random.
+Every trained method also trains the text tower's word embeddings (the retrieval recipe's default): the event words
+(moves, grows, appears, ...) never occur in the still-frame captions the tiny CLIP was pretrained on.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from pathlib import Path
 
 from transformers.utils import logging as hf_logging
 
-from peft_video.tasks.report import markdown_table, write_results
+from peft_video.tasks.cli import run_recipe
+from peft_video.tasks.report import aggregate_seeds, markdown_table, write_results
 from peft_video.tasks.retrieval import RETRIEVAL_COLUMNS, RETRIEVAL_SERIES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,57 +46,60 @@ def main(argv: list[str] | None = None) -> None:
         default=1,
         help="torch CPU threads (1: these tiny models gain nothing from more, and lose a lot on a busy machine)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="seeds to run every method with; with several, the table gives mean ± standard deviation",
+    )
     parser.add_argument("--output-dir", type=Path, default=Path("outputs") / "demo")
-    parser.add_argument("--progress", action="store_true", help="show per-method progress bars")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (for CI logs)")
     args = parser.parse_args(argv)
     hf_logging.set_verbosity_error()
     budget = dict(QUICK if args.quick else FULL)
     if args.max_steps is not None:
         budget["max_steps"] = args.max_steps
 
-    rows, start = [], time.perf_counter()
-    for method in args.methods:
-        base, pvla = (method.split("+")[0], args.pvla_weight) if "+pvla" in method else (method, 0.0)
-        run_args = build_parser().parse_args(
-            [
-                "--method",
-                base,
-                "--pvla",
-                str(pvla),
-                "--seed",
-                str(args.seed),
-                "--threads",
-                str(args.threads),
-                "--train-videos",
-                str(budget["train_videos"]),
-                "--eval-videos",
-                str(budget["eval_videos"]),
-                "--max-steps",
-                str(budget["max_steps"]),
-                "--output-dir",
-                str(args.output_dir / method),
-                "--text-embeddings",
-                *([] if args.progress else ["--quiet"]),
-            ]
-        )
-        began = time.perf_counter()
-        row = run(run_args)
-        row["wall_seconds"] = time.perf_counter() - began
-        rows.append(row)
-        print(
-            f"{method:10s} order-only {100 * row.get('order_v2t', float('nan')):5.1f}%  "
-            f"t2v R@1 {row['t2v_R@1']:5.1f}%  ({row['wall_seconds']:.0f} s)",
-            flush=True,
-        )
+    runs, start = [], time.perf_counter()
+    for seed in args.seeds:
+        for method in args.methods:
+            base, pvla = (method.split("+")[0], args.pvla_weight) if "+pvla" in method else (method, 0.0)
+            run_args = build_parser().parse_args(
+                [
+                    *("--method", base, "--pvla", str(pvla), "--seed", str(seed)),
+                    *("--threads", str(args.threads), "--max-steps", str(budget["max_steps"])),
+                    *(
+                        "--train-videos",
+                        str(budget["train_videos"]),
+                        "--eval-videos",
+                        str(budget["eval_videos"]),
+                    ),
+                    *("--output-dir", str(args.output_dir / f"seed{seed}" / method)),
+                    *(["--quiet"] if args.quiet else []),
+                ]
+            )
+            began = time.perf_counter()
+            row = run(run_args)
+            row.update(method=method, seed=seed, wall_seconds=time.perf_counter() - began)
+            runs.append(row)
+            print(
+                f"{method:10s} seed {seed}: order-only v2t {100 * row.get('order_v2t', float('nan')):5.1f}%  "
+                f"t2v R@1 {row['t2v_R@1']:5.1f}%  ({row['wall_seconds']:.0f} s)",
+                flush=True,
+            )
+    rows = aggregate_seeds(runs, ["t2v_R@1", "order_v2t", "order_t2v", "seconds_per_step"])
 
     total = time.perf_counter() - start
-    title = f"peft-video demo: {len(rows)} methods, {budget['max_steps']} steps each, {total:.0f} s in all"
-    paths = write_results(rows, args.output_dir, RETRIEVAL_COLUMNS, RETRIEVAL_SERIES, title=title)
+    title = (
+        f"peft-video demo: {len(rows)} methods x {len(args.seeds)} seed(s), {budget['max_steps']} steps each, "
+        f"{total:.0f} s in all"
+    )
+    paths = write_results(rows, args.output_dir, RETRIEVAL_COLUMNS, RETRIEVAL_SERIES, title=title, runs=runs)
     print()
     print(markdown_table(rows, RETRIEVAL_COLUMNS))
     print(f"{title}; results, table and plot in {args.output_dir}/ ({paths['plot'].name})")
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

@@ -30,6 +30,7 @@ def test_quick_demo_separates_temporal_from_frame_wise_methods(tmp_path):
             "--methods",
             *FRAME_WISE,
             *TEMPORAL,
+            "--quiet",
         ],
         cwd=ROOT,
         capture_output=True,
@@ -38,9 +39,9 @@ def test_quick_demo_separates_temporal_from_frame_wise_methods(tmp_path):
         env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = {row["method"]: row for row in json.loads((tmp_path / "results.json").read_text())}
+    rows = {row["method"]: row for row in json.loads((tmp_path / "results.json").read_text())["summary"]}
     assert set(FRAME_WISE + TEMPORAL) <= set(rows), sorted(rows)
-    assert (tmp_path / "accuracy_vs_params.png").is_file() and "| method |" in (
+    assert (tmp_path / "scores_vs_params.png").is_file() and "| method |" in (
         tmp_path / "results.md"
     ).read_text()
     for method in FRAME_WISE:

@@ -251,3 +251,19 @@ def test_templates_ship_in_the_wheel(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for template in (ROOT / "model_cards").glob("*.md"):
         assert f"peft_video/model_cards/{template.name}" in names
+
+
+def test_task_model_records_its_backbone_in_the_adapter_config_and_card(tmp_path):
+    from transformers import CLIPModel
+
+    from peft_video.tasks import load_clip_backbone, prepare_model
+    from peft_video.tasks.retrieval import VideoTextRetrievalModel
+
+    tiny_clip().save_pretrained(tmp_path / "clip")
+    model = prepare_model(VideoTextRetrievalModel(CLIPModel.from_pretrained(tmp_path / "clip")), "read", NUM_FRAMES)
+    assert model.peft_config["default"].base_model_name_or_path == str(tmp_path / "clip")
+    model.save_pretrained(tmp_path / "adapter")
+    card = (tmp_path / "adapter" / "README.md").read_text()
+    assert str(tmp_path / "clip") in card and "unnamed" not in card
+    shipped = VideoTextRetrievalModel(load_clip_backbone().model)
+    assert shipped.name_or_path.endswith("tiny_clip")

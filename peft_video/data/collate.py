@@ -11,6 +11,13 @@ import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
 
+def check_caption(caption: object, record: object) -> str:
+    """``caption`` if it is a string with some non-space text, else a ``ValueError`` naming ``record``."""
+    if not isinstance(caption, str) or not caption.strip():
+        raise ValueError(f"record {record!r}: the caption must be non-empty text, got {caption!r}")
+    return caption
+
+
 class VideoTextCollator:
     """Collate rows with ``frames`` (T, H, W, 3) uint8 and ``caption`` into a batch for a frame-wise CLIP.
 
@@ -87,7 +94,7 @@ class VideoTextCollator:
         if missing:
             raise ValueError(f"rows must have columns {sorted(missing)}; got columns {sorted(rows[0])}")
         text = self.tokenizer(
-            [row["caption"] for row in rows],
+            [check_caption(row["caption"], row.get("video_id", f"row {i}")) for i, row in enumerate(rows)],
             padding=True,
             truncation=True,  # to max_length, else the tokenizer's model_max_length; special tokens are kept
             max_length=self.max_length,

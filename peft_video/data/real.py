@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
@@ -16,10 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from datasets import Dataset
+from datasets import Dataset, Value
 from PIL import Image
 
+from .collate import check_caption
 from .schema import NO_PAIR, video_text_features
+
+logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
@@ -119,13 +123,13 @@ def read_annotations(
         root = Path(annotations).parent
     rows = []
     for number, record in enumerate(records):
-        caption = next((record[k] for k in _CAPTION_KEYS if record.get(k) is not None), None)
-        if not isinstance(caption, str):
-            raise ValueError(
-                f"annotation {number} needs a text field ({'/'.join(_CAPTION_KEYS)}); got {record!r}"
-            )
-        video = next((record[k] for k in _VIDEO_KEYS if record.get(k) is not None), None)
         video_id = record.get("video_id")
+        name = f"annotation {number}" + (f" (video_id {video_id!r})" if video_id is not None else "")
+        caption = next((record[k] for k in _CAPTION_KEYS if k in record), None)
+        if caption is None and not any(k in record for k in _CAPTION_KEYS):
+            raise ValueError(f"{name} needs a text field ({'/'.join(_CAPTION_KEYS)}); got {record!r}")
+        check_caption(caption, name)
+        video = next((record[k] for k in _VIDEO_KEYS if record.get(k) is not None), None)
         if video is None and video_id is None:
             raise ValueError(
                 f"annotation {number} needs a video field ({'/'.join(_VIDEO_KEYS)}) or `video_id`; got {record!r}"
@@ -141,7 +145,8 @@ def read_annotations(
             }
         )
     if not rows:
-        raise ValueError("`annotations` holds no records")
+        source = f"file {str(annotations)!r}" if isinstance(annotations, (str, Path)) else "iterable"
+        raise ValueError(f"`annotations` {source} holds no records")
     return rows
 
 
@@ -153,16 +158,23 @@ def load_video_text_dataset(
     split: str = "train",
     lazy: bool = False,
     cache_file_name: str | None = None,
+    skip_bad_videos: bool = False,
 ) -> Dataset:
     """A Dataset with the synthetic world's columns from MSR-VTT-style annotations (see ``read_annotations``).
 
     ``lazy=False`` decodes every video once now (``cache_file_name`` puts the frames on disk, memory-mapped).
     ``lazy=True`` stores the video path and decodes on access (rows read out have the same keys), for corpora
     whose frames would not fit in memory or on disk, such as MSR-VTT's 20 captions per video.
+
+    A video that cannot be decoded raises a ``ValueError`` naming its file and ``video_id``; with
+    ``skip_bad_videos=True`` (not with ``lazy``, which decodes only on access) its records are left out instead and
+    one warning gives their number and ids.
     """
     for name, value in (("num_frames", num_frames), ("image_size", image_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+    if skip_bad_videos and lazy:
+        raise ValueError("`skip_bad_videos=True` needs `lazy=False`: a lazy dataset decodes only on access")
     rows = read_annotations(annotations, video_root)
     table = {
         "video_id": [r["video_id"] for r in rows],
@@ -172,13 +184,13 @@ def load_video_text_dataset(
         "split": [split] * len(rows),
     }
     features = video_text_features(num_frames, image_size, image_size)
-    decode = _Decoder(num_frames, image_size)
     dataset = Dataset.from_dict(table)
     if lazy:
-        dataset.set_transform(decode)
+        dataset.set_transform(_Decoder(num_frames, image_size))
         return dataset
+    features[_DECODED] = Value("bool")
     dataset = dataset.map(
-        decode,
+        _Decoder(num_frames, image_size, skip_bad=skip_bad_videos),
         batched=True,
         batch_size=16,
         features=features,
@@ -186,19 +198,52 @@ def load_video_text_dataset(
         cache_file_name=cache_file_name,
         desc="decoding videos",
     )
+    bad = [video_id for video_id, ok in zip(dataset["video_id"], dataset[_DECODED], strict=True) if not ok]
+    if bad:
+        dataset = dataset.filter(lambda ok: ok, input_columns=_DECODED)
+        logger.warning(
+            "skipped %d of %d records whose videos could not be decoded (skip_bad_videos=True): video_ids %s",
+            len(bad),
+            len(rows),
+            sorted(set(bad)),
+        )
+        if len(dataset) == 0:
+            raise ValueError(f"no video of the {len(rows)} records could be decoded")
+    dataset = dataset.remove_columns(_DECODED)
     dataset.set_format("numpy", columns=["frames"], output_all_columns=True, dtype=np.uint8)
     return dataset
 
 
-class _Decoder:
-    """Batch transform: the ``video`` column -> ``frames`` (picklable, so ``map`` can fingerprint it)."""
+_DECODED = "_decoded"
 
-    def __init__(self, num_frames: int, image_size: int) -> None:
-        self.num_frames, self.image_size = num_frames, image_size
+
+class _Decoder:
+    """Batch transform: the ``video`` column -> ``frames`` (picklable, so ``map`` can fingerprint it). With
+    ``skip_bad`` an undecodable video gives black frames and ``_decoded`` False, for the caller to filter out."""
+
+    def __init__(self, num_frames: int, image_size: int, skip_bad: bool | None = None) -> None:
+        self.num_frames, self.image_size, self.skip_bad = num_frames, image_size, skip_bad
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         out = {k: v for k, v in batch.items() if k != "video"}
-        out["frames"] = [load_frames(v, self.num_frames, self.image_size).copy() for v in batch["video"]]
+        out["frames"], decoded = [], []
+        for video, video_id in zip(batch["video"], batch["video_id"], strict=True):
+            try:
+                out["frames"].append(load_frames(video, self.num_frames, self.image_size).copy())
+                decoded.append(True)
+            except (OSError, ValueError) as error:
+                if not self.skip_bad:
+                    kind = FileNotFoundError if isinstance(error, FileNotFoundError) else ValueError
+                    raise kind(
+                        f"cannot decode video {video!r} (video_id {video_id!r}): {error}; pass skip_bad_videos=True "
+                        "to leave such records out"
+                    ) from error
+                out["frames"].append(
+                    np.zeros((self.num_frames, self.image_size, self.image_size, 3), np.uint8)
+                )
+                decoded.append(False)
+        if self.skip_bad is not None:  # the eager path keeps the flag as a column
+            out[_DECODED] = decoded
         return out
 
 
@@ -217,15 +262,26 @@ def _load_records(annotations: str | Path | Iterable[dict[str, Any]]) -> Sequenc
             return list(csv.DictReader(handle))
     if suffix == ".jsonl":
         with path.open(encoding="utf-8") as handle:
-            return [json.loads(line) for line in handle if line.strip()]
+            return [_parse_json(line, path, number) for number, line in enumerate(handle, 1) if line.strip()]
     if suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = _parse_json(path.read_text(encoding="utf-8"), path)
         if isinstance(data, dict) and isinstance(data.get("sentences"), list):
             return data["sentences"]
         if isinstance(data, list):
             return data
         raise ValueError(f"`annotations` JSON {path} must be a list of records or have a 'sentences' list")
     raise ValueError(f"`annotations` must be a .json, .jsonl or .csv file, got {str(path)!r}")
+
+
+def _parse_json(text: str, path: Path, line: int | None = None) -> Any:
+    """``json.loads`` with an error that names the file (and line of a JSONL file) and what was wrong."""
+    where = f"{path}" + (f", line {line}" if line is not None else "")
+    if not text.strip():
+        raise ValueError(f"`annotations` file {where} is empty: expected JSON records")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"`annotations` file {where} is not valid JSON: {error}") from error
 
 
 def _resolve_video(video: str | None, video_id: str | None, root: Path | None) -> Path:

@@ -6,6 +6,7 @@ What a video-text task needs beside the model is how to feed it: the tokenizer (
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,46 @@ import torch
 from torch import nn
 
 OPEN_CLIP_PREFIX = "open_clip:"
+HUB_PROBE_TIMEOUT = 5.0
+"""Seconds to wait for the Hub before saying it is unreachable (instead of a minute of download retries)."""
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+def resolve_pretrained(spec: str | Path, argument: str = "backbone") -> str:
+    """``spec`` checked as a source of pretrained weights: an existing local directory or file, or a Hub id that is
+    in the local cache or reachable now. Otherwise a clear error that names ``argument``: a local-looking path
+    (absolute, ``./``, ``../``, ``~``, more than one ``/``) that does not exist is a missing path, not a Hub id; a Hub
+    id that is neither cached nor reachable says so and how to point at a local copy."""
+    text = str(spec)
+    path = Path(text).expanduser()
+    if path.exists():
+        return str(path)
+    looks_local = text.startswith(("/", "./", "../", "~", ".\\")) or text.count("/") > 1 or "\\" in text
+    if looks_local or not _HUB_ID.fullmatch(text):
+        raise FileNotFoundError(f"`{argument}` {text!r}: no such file or directory")
+    from huggingface_hub import HfApi, constants, snapshot_download
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        snapshot_download(text, local_files_only=True)
+        return text
+    except Exception:  # noqa: BLE001 - any cache miss means "not cached"; we probe the Hub next
+        pass
+    fix = f"download it where there is a network (`hf download {text} --local-dir DIR`) and pass DIR as `{argument}`"
+    if constants.HF_HUB_OFFLINE:
+        raise OSError(
+            f"`{argument}` {text!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; {fix}"
+        )
+    try:
+        HfApi().model_info(text, timeout=HUB_PROBE_TIMEOUT)
+    except RepositoryNotFoundError as error:
+        raise OSError(f"`{argument}` {text!r} is not a local path and no such model is on the Hub") from error
+    except Exception as error:  # noqa: BLE001 - connection errors of every transport
+        raise OSError(
+            f"`{argument}` {text!r} is not in the local Hugging Face cache and the Hub is unreachable "
+            f"({type(error).__name__}); {fix}"
+        ) from error
+    return text
 
 
 @dataclass
@@ -71,7 +112,7 @@ def load_clip_backbone(spec: str | Path | None = None, *, pretrained: str | None
             f"`pretrained`={pretrained!r} only applies to open_clip backbones ('open_clip:<name>'); a HF backbone "
             f"{str(spec)!r} is loaded with its own weights"
         )
-    return _hf_clip_backbone(str(spec))
+    return _hf_clip_backbone(resolve_pretrained(spec))
 
 
 def _hf_clip_backbone(spec: str) -> ClipBackbone:
@@ -98,6 +139,7 @@ def _open_clip_backbone(name: str, pretrained: str | None) -> ClipBackbone:
     if not name:
         raise ValueError("`spec` 'open_clip:' needs a model name, e.g. 'open_clip:ViT-B-32'")
     model = open_clip.create_model(name, pretrained=pretrained)
+    model.name_or_path = f"{OPEN_CLIP_PREFIX}{name}" + (f" ({pretrained})" if pretrained else "")
     tokenizer = open_clip.get_tokenizer(name)
     cfg = model.visual.preprocess_cfg
     size = cfg["size"]

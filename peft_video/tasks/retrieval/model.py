@@ -125,6 +125,8 @@ class VideoTextRetrievalModel(nn.Module):
                 f"`logit_scale` must be None (the backbone's) or a positive number, got {logit_scale!r}"
             )
         self.backbone = backbone
+        # peft records this as the adapter's `base_model_name_or_path` (and the card shows it)
+        self.name_or_path = getattr(backbone, "name_or_path", None) or None
         self.fixed_logit_scale = None if logit_scale is None else float(logit_scale)
 
     def method_targets(self) -> MethodTargets:
