@@ -260,7 +260,9 @@ def test_task_model_records_its_backbone_in_the_adapter_config_and_card(tmp_path
     from peft_video.tasks.retrieval import VideoTextRetrievalModel
 
     tiny_clip().save_pretrained(tmp_path / "clip")
-    model = prepare_model(VideoTextRetrievalModel(CLIPModel.from_pretrained(tmp_path / "clip")), "read", NUM_FRAMES)
+    model = prepare_model(
+        VideoTextRetrievalModel(CLIPModel.from_pretrained(tmp_path / "clip")), "read", NUM_FRAMES
+    )
     assert model.peft_config["default"].base_model_name_or_path == str(tmp_path / "clip")
     model.save_pretrained(tmp_path / "adapter")
     card = (tmp_path / "adapter" / "README.md").read_text()
