@@ -14,6 +14,9 @@ from .ranking import RECALL_KS, dual_softmax, expected_ranks, rank_metrics, reca
 METRIC_PACKAGES: dict[str, str] = {
     "video_text_retrieval": "peft_video.metrics",
     "order_pair_accuracy": "peft_video.metrics",
+    "qvhighlights": "peft_video.tasks.grounding.metrics",
+    "youtube_highlights": "peft_video.tasks.grounding.metrics",
+    "tvsum": "peft_video.tasks.grounding.metrics",
 }
 """Packaged ``evaluate`` modules: metric name -> the package whose ``<name>.py`` is the metric script."""
 
