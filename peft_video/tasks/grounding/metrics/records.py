@@ -202,9 +202,15 @@ def qvhighlights_scores(
       unless ``strict_saliency_length=False``, which applies the official handling.
 
     Values are in percent, rounded like the scorer (2 decimals) unless ``decimals`` says otherwise (None: no
-    rounding). Errors (``ValueError``, naming the qid): a reference qid without prediction, a prediction for an
-    unknown qid, a repeated qid, an empty or malformed window list, a window with start >= end, saliency scores
-    of the wrong length, a relevant clip id outside the video.
+    rounding). Means here are exactly rounded (``math.fsum``); the scorer sums in numpy's order (for mAP, in the
+    order its worker pool returns queries), so for a value that lies exactly half-way between two hundredths the
+    two can round 0.01 apart (about one value in 2,000 in random cases compared with the scorer itself; no other
+    difference). The scorer's ``match_number=False`` (scoring the shared qids only) has no counterpart here.
+
+    Errors (``ValueError``, naming the qid): a reference qid without prediction, a prediction for an unknown qid,
+    a repeated qid, an empty or malformed window list (the scorer would silently drop a query without windows
+    from the mAP and then fail in R1), a window with start >= end (predicted or true), saliency scores of the
+    wrong length, a relevant clip id outside the video, a field present in only some prediction records.
     """
     if not predictions or not references:
         raise ValueError("`predictions` and `references` must both hold at least one record")

@@ -85,9 +85,10 @@ def detection_ap(pred_windows, pred_scores, gt_windows, thresholds=IOU_THRESHOLD
     after each prediction give :func:`voc_interpolated_ap`.
 
     Ground-truth windows tied in IoU with a prediction are tried from the last listed to the first: the official
-    code walks ``argsort(iou)[::-1]``, whose order among ties is numpy's sort's; for the few windows a query has,
-    numpy's default sort is an insertion sort (stable), so the later window comes first. SIMD builds of numpy can
-    order ties differently; only exact IoU ties with a choice between unmatched windows are affected.
+    code walks ``argsort(iou)[::-1]``, whose order among ties is that of numpy's default (unstable) sort; on the
+    few windows a query has it keeps ties in index order, so the reversed walk takes the later window first. On
+    longer arrays numpy's SIMD sorts (AVX-512) can order ties differently, so there the official result itself
+    depends on the machine; only exact IoU ties with a choice between unmatched windows are affected.
     """
     pred = _windows(pred_windows, "pred_windows")
     gt = _windows(gt_windows, "gt_windows")
@@ -241,6 +242,8 @@ def tvsum_video_ap(scores, annotations, top_k: int = 5) -> np.ndarray:
     that annotator's :func:`lower_median` over the video's clips; the ``top_k`` clips by predicted score are
     taken, and :func:`trapezoid_ap` runs over their labels, recall counted against the positives among those
     ``top_k`` only (so AP 1 when every positive in the top k comes first, AP 0 when none is positive).
+    "Strictly above" matters (clips at the median are negatives); which median does not: every value above the
+    lower median is at least the upper one, so numpy's averaged median would give the same labels.
     """
     s = np.asarray(scores, np.float64)
     a = np.asarray(annotations, np.float64)
