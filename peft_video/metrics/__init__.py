@@ -12,6 +12,9 @@ from typing import Any
 METRIC_PACKAGES: dict[str, str] = {
     "video_text_retrieval": "peft_video.tasks.retrieval.metrics",
     "order_pair_accuracy": "peft_video.tasks.retrieval.metrics",
+    "qvhighlights": "peft_video.tasks.grounding.metrics",
+    "youtube_highlights": "peft_video.tasks.grounding.metrics",
+    "tvsum": "peft_video.tasks.grounding.metrics",
 }
 """Packaged ``evaluate`` modules: metric name -> the package whose ``<name>.py`` is the metric script."""
 
