@@ -8,10 +8,10 @@ import numpy as np
 import ot
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from peft_video.alignment.solver import ConvergenceWarning, partial_ot, regularized_cost
+from peft_video.alignment.solver import ConvergenceWarning, _float32_mass, partial_ot, regularized_cost
 
 
 def _pot(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, m: float, tau: float) -> np.ndarray:
@@ -143,6 +143,8 @@ def test_per_sample_mass_tensor() -> None:
     seed=st.integers(0, 2**16),
     masked=st.booleans(),
 )
+# Issue 16: a mass just below 1 rounded to 1.0 in the float32 phase of a float64 problem (negative residual).
+@example(n_v=2, n_l=1, mass=0.9999999999999999, tau=0.05, dtype=torch.float64, seed=0, masked=False)
 def test_plan_properties(
     n_v: int, n_l: int, mass: float, tau: float, dtype: torch.dtype, seed: int, masked: bool
 ) -> None:
@@ -520,3 +522,46 @@ def test_float64_problem_result_does_not_depend_on_its_batch_mates() -> None:
         alone = partial_ot(cost[i], mass=0.5, tau=0.05, tol=1e-10, max_iter=20000)
         torch.testing.assert_close(res.plan[i], alone.plan, atol=0, rtol=0)
         assert res.n_iter[i] == alone.n_iter
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mass", [1 - 1e-16, 1 - 1e-12, 1 - 1e-9, 1.0])
+def test_residual_is_nonnegative_and_bounds_the_violation_near_mass_one(
+    dtype: torch.dtype, mass: float
+) -> None:
+    """The residual is >= 0 and bounds the plan's marginal violation (over ``mass``) at masses just below 1, converged
+    or not. Such masses round to 1.0 in float32: the float32 phase of a float64 problem must still solve the bounded
+    (partial) problem, or it hands the float64 phase scalings above their bound 1, whose residual can go negative
+    and understate the violation (issue 16: n_v=2, n_l=1, mass=1-1e-16, tau=0.05, seed 0). Cases: float32-first
+    float64 (tau 0.05, 0.3; tol 1e-4 and 1e-9), scaling domain without it (tau 0.01) and log domain (tau 0.001)."""
+    eps = 1e-6 if dtype == torch.float32 else 1e-14  # rounding of the plan's sums against the residual's
+    cases = [(2, 1, 0.05, 1e-4), (2, 1, 0.3, 1e-4), (5, 3, 0.05, 1e-4), (9, 4, 0.05, 1e-9), (7, 6, 0.3, 1e-4)]
+    for n_v, n_l, tau, tol in [*cases, (4, 4, 0.01, 1e-4), (3, 5, 0.001, 1e-4)]:
+        g = torch.Generator().manual_seed(0)
+        cost = (2 * torch.rand(2, n_v, n_l, generator=g)).to(dtype)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            res = partial_ot(cost, mass=mass, tau=tau, tol=tol, max_iter=500)
+        plan, residual = res.plan.double(), res.residual.double()
+        a, b = (
+            torch.full((n_v,), 1 / n_v, dtype=torch.float64),
+            torch.full((n_l,), 1 / n_l, dtype=torch.float64),
+        )
+        excess = (plan.sum(-1) - a).clamp_min(0).sum(-1) + (plan.sum(-2) - b).clamp_min(0).sum(-1)
+        case = (
+            f"n_v={n_v} n_l={n_l} tau={tau} tol={tol}: residual {residual.tolist()}, excess {excess.tolist()}"
+        )
+        assert (residual >= 0).all(), case
+        assert (excess <= mass * residual + eps).all(), case
+        assert (res.converged == (res.residual <= tol)).all(), case
+
+
+def test_float32_phase_keeps_a_partial_mass_partial_and_leaves_other_masses_alone() -> None:
+    """The float32 phase's mass: below 1 for every float64 mass below 1 (even those float32 rounds to 1), exactly 1
+    for mass 1, and plain float32 rounding for every other mass (so their iterates are unchanged)."""
+    near_one = torch.tensor([1 - 1e-16, 1 - 1e-12, 1 - 1e-9, 1 - 2**-25, 1 - 2**-24], dtype=torch.float64)
+    assert (near_one.float() == 1).any()  # the masses that float32 alone would make balanced
+    assert (_float32_mass(near_one) < 1).all() and _float32_mass(near_one).dtype == torch.float32
+    assert _float32_mass(torch.ones(2, dtype=torch.float64)).eq(1).all()
+    other = torch.tensor([0.05, 0.5, 0.9, 1 - 1e-6, 1 - 2**-23], dtype=torch.float64)
+    assert torch.equal(_float32_mass(other), other.float())

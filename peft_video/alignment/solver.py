@@ -399,7 +399,7 @@ def _solve_float64_via_float32(
         return out
     domain64 = _ScalingDomain(*sub)
     f32 = torch.float32
-    domain32 = _ScalingDomain(kernel.to(f32), a.to(f32), b.to(f32), m.to(f32))
+    domain32 = _ScalingDomain(kernel.to(f32), a.to(f32), b.to(f32), _float32_mass(m))
     first, st32 = _solve(domain32, max_iter, max(0.9 * tol, 1e-6), True, compile, with_plan=False)
     c64 = domain64.const
     x, y = st32["x"].double(), st32["y"].double()
@@ -408,6 +408,24 @@ def _solve_float64_via_float32(
     start = {"x": x, "y": y, "s": s, "ky": torch.bmm(y, c64["k"].mT), "ktx": ktx}
     second = _solve(domain64, max_iter, tol, True, compile, start=start)[0]
     return second._replace(n_iter=second.n_iter + first.n_iter, n_newton=second.n_newton + first.n_newton)
+
+
+# The largest float32 below 1 (float32's spacing just below 1 is 2**-24).
+_FLOAT32_BELOW_ONE = 1 - 2**-24
+
+
+def _float32_mass(m: Tensor) -> Tensor:
+    """The float64 masses ``m`` for the float32 phase: rounded to float32, but a partial mass stays below 1.
+
+    A mass within 2**-25 of 1 (e.g. 1 - 1e-9) rounds to 1.0 in float32, which would make the float32 phase solve
+    balanced OT: scalings without the bound 1 (Sinkhorn), handed to a float64 phase whose residual assumes
+    ``x, y <= 1`` for partial problems. Its complementary-slackness term ``max(d, sign(x - 1) d)`` is then the
+    signed ``d`` on every scaling above 1, so the start check could report a negative residual and stop on a plan
+    that breaks its marginals (issue 16). Rounding such a mass down to the largest float32 below 1 keeps both phases
+    on the same (bounded) problem, within float32's rounding of the same mass; the float64 phase rescales to the
+    exact ``m`` before its first check.
+    """
+    return torch.where(m < 1, m.to(torch.float32).clamp_max(_FLOAT32_BELOW_ONE), 1.0).to(torch.float32)
 
 
 def _take(tensors: tuple[Tensor | None, ...], keep: Tensor | None) -> tuple[Tensor | None, ...]:
