@@ -151,7 +151,8 @@ def video_frame_times(path: str | Path) -> np.ndarray:
             if packet.size == 0:  # the flush packet at the end
                 continue
             stored += 1
-            if packet.is_discard:  # before the start of an edit list (a cut made without re-encoding)
+            # before an edit list's start (a cut made without re-encoding); older PyAV may lack the flag
+            if getattr(packet, "is_discard", False):
                 continue
             if packet.pts is None:
                 raise VideoReadError(

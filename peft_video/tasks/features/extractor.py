@@ -29,6 +29,7 @@ unchanged.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +82,7 @@ class TextFeatures:
 def _check_positive_number(name: str, value: Any) -> float:
     if (
         isinstance(value, bool)
-        or not isinstance(value, (int, float))
+        or not isinstance(value, numbers.Real)
         or not math.isfinite(value)
         or value <= 0
     ):
@@ -90,9 +91,9 @@ def _check_positive_number(name: str, value: Any) -> float:
 
 
 def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
         raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
-    return value
+    return int(value)
 
 
 def plan_clips(
@@ -180,6 +181,10 @@ class ClipFeatureExtractor:
         normalize: L2-normalise every output row (see the module docstring); default False (raw features).
         dtype: the model's dtype while extracting (``"float32"``, ``"float16"``, ``"bfloat16"`` or a torch
             dtype); outputs are float32 either way.
+
+    On CUDA, PyTorch's default TF32 convolutions (the patch embedding) make image features differ from CPU ones by
+    about 1e-4 relative (measured on an H200: 4e-4 absolute on features of norm 8; text features 1e-6);
+    ``torch.backends.cudnn.allow_tf32 = False`` removes that.
     """
 
     def __init__(
