@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
-from typing import NoReturn
 
+from transformers.utils import logging as hf_logging
+
+from peft_video.tasks.cli import run_recipe
 from peft_video.tasks.features import (
     LAYOUTS,
     ClipFeatureExtractor,
@@ -30,19 +31,12 @@ from peft_video.tasks.features import (
     read_queries,
 )
 
-EXIT_BAD_INPUT = 2
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (no usage block), like every other bad input of this recipe."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
-
 
 def build_parser() -> argparse.ArgumentParser:
     """The recipe's command line."""
-    parser = _OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
         "--videos", nargs="+", default=None, help="video files, frame folders, or directories of them"
     )
@@ -74,12 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--skip-bad-videos", action="store_true", help="skip and list unreadable videos")
     parser.add_argument("--overwrite", action="store_true", help="rewrite files that exist")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (for CI logs)")
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
-    """Extract what ``args`` asks for; returns the exit code."""
+def run(args: argparse.Namespace) -> None:
+    """Extract what ``args`` asks for, printing a summary line per kind of feature."""
     if args.videos is None and args.queries is None:
         raise ValueError("nothing to do: give --videos, --queries, or both")
     # check the input before loading a model
@@ -98,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         normalize=args.normalize,
         dtype=args.dtype,
     )
-    progress = not args.no_progress
+    progress = not args.quiet
     if videos is not None:
         report = extract_video_features(
             videos,
@@ -118,25 +112,18 @@ def run(args: argparse.Namespace) -> int:
             queries, text_dir, extractor=extractor, overwrite=args.overwrite, progress=progress
         )
         print(f"text features: {report.summary()}")
-    return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: bad input (a missing or unreadable video, a bad argument) is one line on stderr, exit code 2."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError, OSError) as error:
-        message = " ".join(str(error).split())  # one line, whatever the message held
-        print(f"{parser.prog}: error: {type(error).__name__}: {message}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+def main(argv: list[str] | None = None) -> None:
+    """Parse the command line and extract; errors propagate to :func:`peft_video.tasks.cli.run_recipe`, which ends
+    the process with one line on stderr and exit code 2."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")  # skipped videos are logged as warnings
+    args = build_parser().parse_args(argv)
+    hf_logging.set_verbosity_error()
+    if args.quiet:
+        hf_logging.disable_progress_bar()
+    run(args)
 
 
 if __name__ == "__main__":
-    from transformers.utils import logging as hf_logging
-
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")  # skipped videos are logged as warnings
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    sys.exit(main())
+    run_recipe(main)

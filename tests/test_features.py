@@ -490,35 +490,40 @@ def test_read_queries_rejects_bad_records(tmp_path):
 # -- the recipe -----------------------------------------------------------------------------------------------------
 
 
-def run_recipe(*args: str) -> subprocess.CompletedProcess:
+def run_recipe_process(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(ROOT / "recipes" / "extract_features.py"), "--no-progress", *args],
+        [sys.executable, str(ROOT / "recipes" / "extract_features.py"), "--quiet", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
-        env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+        env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
         timeout=300,
     )
 
 
 def call_recipe(argv: list[str], capsys) -> tuple[int, str, str]:
-    """The recipe's ``main`` in this process: (exit code, stdout, stderr)."""
+    """The recipe's ``main`` under the house's ``run_recipe``, in this process: (exit code, stdout, stderr)."""
+    from peft_video.tasks.cli import run_recipe
     from recipes.extract_features import main
 
     try:
-        code = main([*argv, "--no-progress"])
-    except SystemExit as stop:  # argparse's own errors
+        run_recipe(main, [*argv, "--quiet"])
+        code = 0
+    except SystemExit as stop:
         code = stop.code
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
 
 def test_recipe_bad_input_is_one_line_and_exit_code_2(tmp_path, media, capsys):
-    corrupt = run_recipe("--videos", str(media / "broken.mp4"), "--output-dir", str(tmp_path))
+    corrupt = run_recipe_process("--videos", str(media / "broken.mp4"), "--output-dir", str(tmp_path))
     assert corrupt.returncode == 2, corrupt.stderr
     lines = corrupt.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in corrupt.stderr
-    assert "broken.mp4" in lines[0] and "VideoReadError" in lines[0]
+    assert (
+        lines[0].startswith("extract_features.py: error: video 'broken': video file ")
+        and "broken.mp4" in lines[0]
+    )
     for argv, match in [
         (["--videos", str(tmp_path / "nope.mp4"), "--output-dir", str(tmp_path)], "nope.mp4' does not exist"),
         (["--output-dir", str(tmp_path)], "nothing to do"),
@@ -529,9 +534,23 @@ def test_recipe_bad_input_is_one_line_and_exit_code_2(tmp_path, media, capsys):
             ["--videos", str(media), "--output-dir", str(tmp_path), "--fps", "4", "--batch-size", "0"],
             "batch_size",
         ),
+        (
+            [
+                "--videos",
+                str(media),
+                "--output-dir",
+                str(tmp_path),
+                "--fps",
+                "4",
+                "--backbone",
+                "/nonexistent/clip",
+            ],
+            "no such file",
+        ),
     ]:
         code, _, err = call_recipe(argv, capsys)
-        assert code == 2 and match in err.strip().splitlines()[-1] and "Traceback" not in err, (argv, err)
+        errors = [line for line in err.splitlines() if "error:" in line]
+        assert code == 2 and len(errors) == 1 and match in errors[0] and "Traceback" not in err, (argv, err)
     assert not list(tmp_path.glob("*.np[yz]"))
 
 
