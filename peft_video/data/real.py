@@ -3,6 +3,10 @@
 Each video is a file (decoded with PyAV) or a folder of frame images; ``num_frames`` frames are sampled uniformly
 (the middle of ``num_frames`` equal segments), resized on the shorter side and centre-cropped to ``image_size``.
 Rows have the columns of :mod:`peft_video.data.schema`, like the synthetic world, with ``order_pair_id`` -1.
+
+For reading frames by time (the clip-feature extractor): :func:`video_frame_times` lists a file's frame times from
+its packets, :func:`decode_frames_at` decodes the frames shown at given times, :func:`frame_files` /
+:func:`load_frame_images` do the same for frame folders; unreadable input raises :class:`VideoReadError`.
 """
 
 from __future__ import annotations
@@ -51,14 +55,29 @@ def resize_center_crop(image: Image.Image, size: int) -> np.ndarray:
     return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
+class VideoReadError(ValueError):
+    """A video file or frame folder that cannot be read (corrupt, truncated, no video stream, no timestamps).
+
+    The message names the file. Callers that process many videos catch this one type to skip bad videos without
+    hiding other errors (a bad argument, a model failure).
+    """
+
+
 def _natural_key(path: Path) -> list[Any]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
 
 
-def _frames_from_folder(folder: Path, num_frames: int, image_size: int) -> np.ndarray:
+def frame_files(folder: str | Path) -> list[Path]:
+    """The images of a frame folder in natural order (frame_2 before frame_10): one video, one image per frame."""
+    folder = Path(folder)
     files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS), key=_natural_key)
     if not files:
-        raise ValueError(f"frame folder {folder} holds no images with extensions {IMAGE_EXTENSIONS}")
+        raise VideoReadError(f"frame folder {folder} holds no images with extensions {IMAGE_EXTENSIONS}")
+    return files
+
+
+def _frames_from_folder(folder: Path, num_frames: int, image_size: int) -> np.ndarray:
+    files = frame_files(folder)
     chosen = [files[i] for i in uniform_indices(len(files), num_frames)]
     frames = []
     for path in chosen:
@@ -92,6 +111,126 @@ def _frames_from_file(path: Path, num_frames: int, image_size: int) -> np.ndarra
     if not images:
         raise ValueError(f"video file {path} decoded to no frames")
     return np.stack([images[i] for i in uniform_indices(len(images), num_frames)])
+
+
+def _open_video(path: Path) -> Any:
+    try:
+        import av
+    except ImportError as error:  # pragma: no cover - av ships with the test environment
+        raise ImportError("decoding video files needs PyAV: `pip install av`") from error
+    try:
+        container = av.open(str(path))
+    except av.FFmpegError as error:
+        raise VideoReadError(
+            f"video file {path} cannot be opened (corrupt or not a video?): {error}"
+        ) from error
+    if not container.streams.video:
+        container.close()
+        raise VideoReadError(f"video file {path} has no video stream (truncated or not a video?)")
+    return container
+
+
+def video_frame_times(path: str | Path) -> np.ndarray:
+    """Presentation times (seconds, the stream's own clock, ascending) of every frame of a video file's first video
+    stream, read from the container's packets without decoding them (fast even for long videos).
+
+    Times are ``pts * time_base`` exactly as :func:`decode_frames_at` computes them, so they can be passed back to
+    it. Packets the demuxer marks as discarded (edit lists) are left out. Raises :class:`VideoReadError` naming the
+    file when it cannot be demuxed, holds no frames, holds fewer frames than an mp4/mov sample table lists (a
+    truncated download), or has frames without timestamps (raw streams: remux them into mp4/mkv first, e.g.
+    ``ffmpeg -i in.h264 -c copy out.mkv``).
+    """
+    import av
+
+    path = Path(path)
+    container = _open_video(path)
+    try:
+        stream = container.streams.video[0]
+        pts, stored = [], 0
+        for packet in container.demux(stream):
+            if packet.size == 0:  # the flush packet at the end
+                continue
+            stored += 1
+            # before an edit list's start (a cut made without re-encoding); older PyAV may lack the flag
+            if getattr(packet, "is_discard", False):
+                continue
+            if packet.pts is None:
+                raise VideoReadError(
+                    f"video file {path} has frames without timestamps (a raw stream?); remux it into mp4/mkv"
+                )
+            pts.append(packet.pts)
+        time_base = stream.time_base
+        # mp4 / mov list every frame in their sample table: fewer packets means the file was cut short
+        if "mp4" in container.format.name.split(",") and 0 < stored < stream.frames:
+            raise VideoReadError(
+                f"video file {path} lists {stream.frames} frames but holds only {stored} (truncated file?)"
+            )
+    except av.FFmpegError as error:
+        raise VideoReadError(f"video file {path} cannot be demuxed (corrupt stream?): {error}") from error
+    finally:
+        container.close()
+    if not pts:
+        raise VideoReadError(f"video file {path} holds no video frames (truncated or empty?)")
+    return np.array([float(p * time_base) for p in sorted(pts)], dtype=np.float64)
+
+
+def decode_frames_at(path: str | Path, times: Sequence[float], image_size: int) -> np.ndarray:
+    """(len(times), image_size, image_size, 3) uint8: for each time (from :func:`video_frame_times`), the first
+    decoded frame shown at or after it, resized and centre-cropped like :func:`load_frames`.
+
+    One pass of the decoder (threaded), stopping after the last time asked for; only the chosen frames are
+    converted. Times may repeat and come in any order. A frame the decoder drops is replaced by the next one; a
+    stream that ends before the last time asked for, or a packet the decoder rejects, raises
+    :class:`VideoReadError` naming the file.
+    """
+    import av
+
+    path = Path(path)
+    if len(times) == 0:
+        raise ValueError("`times` must name at least one frame time, got none")
+    order = sorted(range(len(times)), key=lambda i: times[i])
+    out = np.empty((len(times), image_size, image_size, 3), dtype=np.uint8)
+    container = _open_video(path)
+    position, shown = 0, -float("inf")
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        time_base = stream.time_base
+        for frame in container.decode(stream):
+            if frame.pts is None:
+                continue
+            shown = float(frame.pts * time_base)
+            if shown < times[order[position]]:
+                continue
+            image = resize_center_crop(frame.to_image(), image_size)
+            while position < len(order) and times[order[position]] <= shown:
+                out[order[position]] = image
+                position += 1
+            if position == len(order):
+                break
+    except av.FFmpegError as error:
+        raise VideoReadError(f"video file {path} cannot be decoded (corrupt stream?): {error}") from error
+    finally:
+        container.close()
+    if position < len(order):
+        raise VideoReadError(
+            f"video file {path}: the decoded stream ends at t={shown:.3f}s, before the frame at "
+            f"t={times[order[position]]:.3f}s its container lists (truncated or corrupt stream)"
+        )
+    return out
+
+
+def load_frame_images(files: Sequence[str | Path], image_size: int) -> np.ndarray:
+    """(len(files), image_size, image_size, 3) uint8 from image files, resized and centre-cropped like
+    :func:`load_frames`; an image that cannot be read raises :class:`VideoReadError` naming it."""
+    out = np.empty((len(files), image_size, image_size, 3), dtype=np.uint8)
+    for i, file in enumerate(files):
+        try:
+            with Image.open(file) as image:
+                out[i] = resize_center_crop(image, image_size)
+        except OSError as error:  # PIL.UnidentifiedImageError and truncated files are OSErrors
+            raise VideoReadError(f"frame image {file} cannot be read (corrupt?): {error}") from error
+    return out
 
 
 @lru_cache(maxsize=8)
