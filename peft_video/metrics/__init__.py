@@ -12,6 +12,8 @@ from typing import Any
 METRIC_PACKAGES: dict[str, str] = {
     "video_text_retrieval": "peft_video.tasks.retrieval.metrics",
     "order_pair_accuracy": "peft_video.tasks.retrieval.metrics",
+    "rouge": "peft_video.tasks.summarization.metrics",
+    "coco_caption": "peft_video.tasks.captioning.metrics",
 }
 """Packaged ``evaluate`` modules: metric name -> the package whose ``<name>.py`` is the metric script."""
 
