@@ -199,7 +199,7 @@ words = st.sampled_from("the a man dog runs ran running cooks cooking pasta park
 texts = st.lists(words, max_size=12).map(" ".join)
 
 
-@settings(max_examples=25, deadline=None, derandomize=True)
+@settings(max_examples=25, deadline=None)
 @given(
     pairs=st.lists(
         st.tuples(texts, st.lists(texts.filter(str.strip), min_size=1, max_size=3)), min_size=1, max_size=6
