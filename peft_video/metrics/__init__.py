@@ -15,6 +15,8 @@ METRIC_PACKAGES: dict[str, str] = {
     "qvhighlights": "peft_video.tasks.grounding.metrics",
     "youtube_highlights": "peft_video.tasks.grounding.metrics",
     "tvsum": "peft_video.tasks.grounding.metrics",
+    "rouge": "peft_video.tasks.summarization.metrics",
+    "coco_caption": "peft_video.tasks.captioning.metrics",
 }
 """Packaged ``evaluate`` modules: metric name -> the package whose ``<name>.py`` is the metric script."""
 
