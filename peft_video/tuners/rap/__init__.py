@@ -3,11 +3,10 @@
 from .condition import RapCondition, rap_condition
 from .config import RapConfig
 from .layer import RapCLIPAttention, RapLayer, RapMultiheadAttention
-from .model import RAP_TARGET_MODULES, RapModel
+from .model import RapModel
 from .retrieval import retrieval_scores
 
 __all__ = [
-    "RAP_TARGET_MODULES",
     "RapCLIPAttention",
     "RapCondition",
     "RapConfig",

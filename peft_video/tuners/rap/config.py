@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ...architectures import validate_blocks
 from ...video import validate_num_frames
 from .._config import PeftVideoConfig
 
-BLOCK_PRESETS = ("all", "light")
-LIGHT_BLOCKS = 4  # RAP_light (Table 3): LoRM and ASA in the last four blocks only
 PROJ_INITS = ("auto", "model", "random")
 
 
@@ -111,7 +110,7 @@ class RapConfig(PeftVideoConfig):
             raise ValueError(
                 f"`top_k` (patches ASA warps per frame) must be a positive integer, got {self.top_k!r}"
             )
-        self.blocks = _validate_blocks(self.blocks)
+        self.blocks = validate_blocks(self.blocks)
         for name in ("use_lorm", "use_asa", "text_modulation", "init_weights"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}")
@@ -129,38 +128,3 @@ class RapConfig(PeftVideoConfig):
             self.target_modules = set(self.target_modules)
         if isinstance(self.exclude_modules, list):
             self.exclude_modules = set(self.exclude_modules)
-
-
-def _validate_blocks(blocks: object) -> str | list[int]:
-    """``blocks`` as 'all', 'light' or a non-empty list of distinct integers, else a ``ValueError``."""
-    if isinstance(blocks, str):
-        if blocks not in BLOCK_PRESETS:
-            raise ValueError(
-                f"`blocks` must be one of {BLOCK_PRESETS} or a list of block indices, got {blocks!r}"
-            )
-        return blocks
-    if isinstance(blocks, (list, tuple)) and blocks:
-        integers = all(isinstance(b, int) and not isinstance(b, bool) for b in blocks)
-        if integers and len(set(blocks)) == len(blocks):
-            return list(blocks)
-    raise ValueError(
-        f"`blocks` must be 'all', 'light' or a non-empty list of distinct block indices, got {blocks!r}"
-    )
-
-
-def resolve_blocks(blocks: str | list[int], depth: int) -> list[int]:
-    """The sorted vision block indices that ``blocks`` names in a tower of ``depth`` blocks."""
-    if blocks == "all":
-        return list(range(depth))
-    if blocks == "light":
-        return list(range(max(depth - LIGHT_BLOCKS, 0), depth))
-    resolved = []
-    for index in blocks:
-        if not -depth <= index < depth:
-            raise ValueError(
-                f"`blocks` contains {index}, but the vision tower has {depth} blocks (valid: {-depth}..{depth - 1})"
-            )
-        resolved.append(index % depth)
-    if len(set(resolved)) != len(resolved):
-        raise ValueError(f"`blocks`={blocks!r} names the same block twice in a tower of {depth} blocks")
-    return sorted(resolved)

@@ -5,50 +5,41 @@ from __future__ import annotations
 from peft.config import PeftConfig
 from torch import nn
 
-from ...architectures import OPEN_CLIP, architecture_of, contains_open_clip_text_tower
+from ...architectures import (
+    SEQUENCE_FFNS,
+    TEXT,
+    TOWER_BLOCK_LISTS,
+    VISION,
+    architecture_of,
+    tower_block_lists,
+)
 from .._wrapping import WrappingTuner
 from .config import ReadConfig
 from .layer import ReadLayer
 
-_VIT_FFN = r".*layers?\.\d+\.(mlp|output\.dense)"
-_CLIP_VISION_FFN = r"(.*\.)?vision_model\.encoder\.layers\.\d+\.mlp"
-
-# Feed-forward modules whose output O is eq. 5's input, per architecture and recurrence axis. Strings are regexes
-# (full match, tolerant of a wrapper's prefix such as `backbone.`); lists match module-name suffixes. CLIP-like
-# two-tower models pick the tower from the axis.
-READ_TARGET_MODULES: dict[str, dict[str, list[str] | str]] = {
-    "bart": {"tokens": ["fc2"]},
-    "mbart": {"tokens": ["fc2"]},
-    "t5": {"tokens": ["DenseReluDense"]},
-    "mt5": {"tokens": ["DenseReluDense"]},
-    "clip": {"tokens": r"(.*\.)?text_model\.encoder\.layers\.\d+\.mlp", "frames": _CLIP_VISION_FFN},
-    "clip_text_model": {"tokens": ["mlp"]},
-    "clip_vision_model": {"tokens": ["mlp"], "frames": ["mlp"]},
-    "blip": {"frames": _CLIP_VISION_FFN, "tokens": _CLIP_VISION_FFN},
-    "blip_vision_model": {"tokens": ["mlp"], "frames": ["mlp"]},
-    # transformers 5 names ViT's FFN `layers.N.mlp`; older releases `layer.N.output.dense`.
-    "vit": {"tokens": _VIT_FFN, "frames": _VIT_FFN},
-    OPEN_CLIP: {
-        "tokens": r"(.*\.)?(?<!visual\.)transformer\.resblocks\.\d+\.mlp",
-        "frames": r"(.*\.)?transformer\.resblocks\.\d+\.mlp",
-    },
-}
-
 
 def default_read_targets(model: nn.Module, recurrence_axis: str) -> list[str] | str:
-    """Default ``target_modules`` for ``model`` and the recurrence axis, or a clear error if unknown."""
+    """Default ``target_modules`` for ``model`` and the recurrence axis, or a clear error if there is none.
+
+    Encoder-decoder text models (BART, mBART, T5): their feed-forward modules, for ``"tokens"``. Models with towers
+    (see :mod:`peft_video.architectures`): the feed-forward module of every block of one tower: the vision tower for
+    ``"frames"``; for ``"tokens"`` the text tower, or the vision tower of a vision-only model (recurring over its
+    patch tokens).
+    """
     architecture = architecture_of(model)
-    per_axis = READ_TARGET_MODULES.get(architecture or "", {})
-    if recurrence_axis not in per_axis:
+    towers = {} if architecture in SEQUENCE_FFNS else tower_block_lists(model)
+    if architecture in SEQUENCE_FFNS and recurrence_axis == "tokens":
+        return list(SEQUENCE_FFNS[architecture])
+    tower = VISION if recurrence_axis == "frames" or TEXT not in towers else TEXT
+    if tower not in towers:
+        known = sorted({*SEQUENCE_FFNS, *TOWER_BLOCK_LISTS})
         raise ValueError(
             f"READ has no default `target_modules` for architecture {architecture!r} with "
             f"recurrence_axis={recurrence_axis!r}; pass `target_modules` (the feed-forward modules to adapt). "
-            f"Known architectures: {sorted(READ_TARGET_MODULES)}"
+            f"Known architectures: {known}"
         )
-    targets = per_axis[recurrence_axis]
-    if architecture == OPEN_CLIP and recurrence_axis == "frames" and contains_open_clip_text_tower(model):
-        targets = r"(.*\.)?visual\.transformer\.resblocks\.\d+\.mlp"
-    return targets
+    blocks = towers[tower]
+    return blocks.regex(members=blocks.anatomy.ffn)
 
 
 class ReadModel(WrappingTuner):

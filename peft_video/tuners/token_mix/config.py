@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ...architectures import validate_blocks
 from ...video import validate_num_frames
 from .._config import PeftVideoConfig
 from .blocks import FINETUNE_PARTS
@@ -29,11 +30,11 @@ class TokenMixConfig(PeftVideoConfig):
             "`peft_video.use_num_frames(T)`, which also overrides a configured value."
         },
     )
-    blocks: list[int] | int = field(
+    blocks: list[int] | int | Literal["all", "light"] = field(
         default_factory=lambda: [-1],
         metadata={
-            "help": "Indices of the vision blocks that mix tokens and are fine-tuned, Python style (-1: the last "
-            "block, the paper's setting). Any list of distinct blocks."
+            "help": "Vision blocks that mix tokens and are fine-tuned: a list of indices, Python style ([-1]: the last "
+            "block, the paper's setting), one index, 'all' or 'light' (the last 4)."
         },
     )
     finetune: Literal["block", "attention", "ffn", "none"] = field(
@@ -90,17 +91,7 @@ class TokenMixConfig(PeftVideoConfig):
         super().__post_init__()
         if self.num_frames is not None:
             validate_num_frames(self.num_frames)
-        if isinstance(self.blocks, int) and not isinstance(self.blocks, bool):
-            self.blocks = [self.blocks]
-        if (
-            not isinstance(self.blocks, (list, tuple))
-            or not self.blocks
-            or any(isinstance(b, bool) or not isinstance(b, int) for b in self.blocks)
-        ):
-            raise ValueError(
-                f"`blocks` must be a non-empty list of block indices (ints, -1: last), got {self.blocks!r}"
-            )
-        self.blocks = list(self.blocks)
+        self.blocks = validate_blocks(self.blocks)
         if self.finetune not in FINETUNE_PARTS:
             raise ValueError(f"`finetune` must be one of {FINETUNE_PARTS}, got {self.finetune!r}")
         validate_strategy(self.strategy)
