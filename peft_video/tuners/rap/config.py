@@ -7,13 +7,15 @@ from typing import Literal
 
 from ...architectures import validate_blocks
 from ...video import validate_num_frames
-from .._config import PeftVideoConfig
+from .._config import (
+    PeftVideoConfig,
+    check_bool,
+    check_choice,
+    check_optional_positive_int,
+    check_positive_int,
+)
 
 PROJ_INITS = ("auto", "model", "random")
-
-
-def _is_positive_int(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int) and value > 0
 
 
 @dataclass
@@ -36,9 +38,6 @@ class RapConfig(PeftVideoConfig):
             "help": "Self-attention modules to adapt (names by suffix or one regex, full match). If None: the vision "
             "blocks chosen by `blocks` and, with `text_modulation`, every text block of HF CLIP / open_clip."
         },
-    )
-    exclude_modules: list[str] | str | None = field(
-        default=None, metadata={"help": "Names or a regex of modules to leave alone even if they match."}
     )
     num_frames: int = field(
         default=12,
@@ -91,40 +90,22 @@ class RapConfig(PeftVideoConfig):
             "False: everything random (tests only)."
         },
     )
-    modules_to_save: list[str] | None = field(
-        default=None,
-        metadata={"help": "Extra modules (e.g. a task head) to train and save beside the adapter."},
-    )
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def validate(self) -> None:
         validate_num_frames(self.num_frames)
-        if not _is_positive_int(self.rank):
-            raise ValueError(f"`rank` (LoRM temporal rank R) must be a positive integer, got {self.rank!r}")
+        check_positive_int(self.rank, "rank", "LoRM temporal rank R")
         if self.rank > self.num_frames:
             raise ValueError(
                 f"`rank`={self.rank} exceeds `num_frames`={self.num_frames}: LoRM's T x R factor cannot have rank "
                 "above T (the paper uses R=3 with T=12)"
             )
-        if not _is_positive_int(self.top_k):
-            raise ValueError(
-                f"`top_k` (patches ASA warps per frame) must be a positive integer, got {self.top_k!r}"
-            )
+        check_positive_int(self.top_k, "top_k", "patches ASA warps per frame")
         self.blocks = validate_blocks(self.blocks)
         for name in ("use_lorm", "use_asa", "text_modulation", "init_weights"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}")
+            check_bool(getattr(self, name), name)
         if not (self.use_lorm or self.use_asa or self.text_modulation):
             raise ValueError(
                 "`use_lorm`, `use_asa` and `text_modulation` are all False: the adapter would do nothing"
             )
-        if self.condition_dim is not None and not _is_positive_int(self.condition_dim):
-            raise ValueError(
-                f"`condition_dim` must be None or a positive integer, got {self.condition_dim!r}"
-            )
-        if self.proj_init not in PROJ_INITS:
-            raise ValueError(f"`proj_init` must be one of {PROJ_INITS}, got {self.proj_init!r}")
-        if isinstance(self.target_modules, list):
-            self.target_modules = set(self.target_modules)
-        if isinstance(self.exclude_modules, list):
-            self.exclude_modules = set(self.exclude_modules)
+        check_optional_positive_int(self.condition_dim, "condition_dim")
+        check_choice(self.proj_init, "proj_init", PROJ_INITS)

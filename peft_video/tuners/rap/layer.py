@@ -50,6 +50,7 @@ class RapLayer(ForwardsToBaseLayer, nn.Module, BaseTunerLayer):
     Subclasses know how to read the attention input and how to call the base module with warped keys and values.
     """
 
+    adapter_prefix = "pvrap_"
     adapter_layer_names = (
         "pvrap_scale_a",
         "pvrap_scale_b",

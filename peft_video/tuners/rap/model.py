@@ -200,21 +200,21 @@ class RapModel(WrappingTuner):
             raise ValueError(f"{current_key!r} is a vision attention but `use_lorm` and `use_asa` are False")
         if tower == VIDEO and peft_config.use_asa:
             self._create_shared(adapter_name, peft_config, target)
-        if isinstance(target, RapLayer):
-            target.update_layer(adapter_name, peft_config)
-            return
-        layer_cls = _layer_class(target, current_key)
-        new_module = layer_cls(
-            target,
-            adapter_name,
+        self._wrap_or_update(
             peft_config,
-            tower=tower,
-            num_patches=self.pvrap_geometry.num_patches,
-            shared=self.pvrap_shared,
+            adapter_name,
+            target,
+            target_name,
+            parent,
+            lambda: _layer_class(target, current_key)(
+                target,
+                adapter_name,
+                peft_config,
+                tower=tower,
+                num_patches=self.pvrap_geometry.num_patches,
+                shared=self.pvrap_shared,
+            ),
         )
-        if adapter_name not in self.active_adapters:
-            new_module.requires_grad_(False)
-        self._replace_module(parent, target_name, new_module, target)
 
     def _create_shared(self, adapter_name: str, config: RapConfig, target: nn.Module) -> None:
         """ASA's shared Proj (D -> E), gamma (N) and delta (T) for ``adapter_name``, once per adapter."""

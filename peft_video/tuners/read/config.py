@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ...video import validate_num_frames
-from .._config import PeftVideoConfig
+from .._config import PeftVideoConfig, check_choice, check_positive_int, check_probability
 
 RNN_TYPES = ("rnn", "gru", "lstm")
 RECURRENCE_AXES = ("tokens", "frames")
@@ -31,9 +31,6 @@ class ReadConfig(PeftVideoConfig):
             "If None, chosen from the architecture (BART, mBART, T5, CLIP text/vision, BLIP vision, ViT, open_clip) "
             "and `recurrence_axis`."
         },
-    )
-    exclude_modules: list[str] | str | None = field(
-        default=None, metadata={"help": "Names or a regex of modules to leave alone even if they match."}
     )
     r: int = field(default=8, metadata={"help": "Bottleneck size k of READ (paper: k << d, e.g. 4-8)."})
     rnn_type: Literal["rnn", "gru", "lstm"] = field(
@@ -62,28 +59,12 @@ class ReadConfig(PeftVideoConfig):
             "zero too), under which only W_up's bias ever gets gradient. False: random W_up (tests only)."
         },
     )
-    modules_to_save: list[str] | None = field(
-        default=None,
-        metadata={"help": "Extra modules (e.g. a task head) to train and save beside the adapter."},
-    )
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
-            raise ValueError(f"`r` (READ bottleneck size k) must be a positive integer, got {self.r!r}")
-        if self.rnn_type not in RNN_TYPES:
-            raise ValueError(f"`rnn_type` must be one of {RNN_TYPES}, got {self.rnn_type!r}")
-        if self.recurrence_axis not in RECURRENCE_AXES:
-            raise ValueError(
-                f"`recurrence_axis` must be one of {RECURRENCE_AXES}, got {self.recurrence_axis!r}"
-            )
+    def validate(self) -> None:
+        check_positive_int(self.r, "r", "READ bottleneck size k")
+        check_choice(self.rnn_type, "rnn_type", RNN_TYPES)
+        check_choice(self.recurrence_axis, "recurrence_axis", RECURRENCE_AXES)
         if self.num_frames is not None:
             validate_num_frames(self.num_frames)
-        if not 0.0 <= self.read_dropout < 1.0:
-            raise ValueError(f"`read_dropout` must be in [0, 1), got {self.read_dropout!r}")
-        if self.init_weights not in (True, False, "paper"):
-            raise ValueError(f"`init_weights` must be True, False or 'paper', got {self.init_weights!r}")
-        if isinstance(self.target_modules, list):
-            self.target_modules = set(self.target_modules)
-        if isinstance(self.exclude_modules, list):
-            self.exclude_modules = set(self.exclude_modules)
+        check_probability(self.read_dropout, "read_dropout")
+        check_choice(self.init_weights, "init_weights", (True, False, "paper"))

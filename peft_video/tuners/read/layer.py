@@ -33,6 +33,7 @@ def output_features(module: nn.Module) -> int:
 class ReadLayer(ForwardsToBaseLayer, nn.Module, BaseTunerLayer):
     """A target feed-forward module plus one READ bottleneck per adapter, applied to the module's output."""
 
+    adapter_prefix = "pvread_"
     adapter_layer_names = ("pvread_down", "pvread_rnn", "pvread_up")
     other_param_names = ("pvread_dropout", "pvread_axis", "pvread_num_frames")
 

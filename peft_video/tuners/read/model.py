@@ -72,10 +72,11 @@ class ReadModel(WrappingTuner):
         current_key: str,
         **optional_kwargs,
     ) -> None:
-        if isinstance(target, ReadLayer):
-            target.update_layer(adapter_name, peft_config)
-            return
-        new_module = ReadLayer(target, adapter_name, peft_config)
-        if adapter_name not in self.active_adapters:
-            new_module.requires_grad_(False)
-        self._replace_module(parent, target_name, new_module, target)
+        self._wrap_or_update(
+            peft_config,
+            adapter_name,
+            target,
+            target_name,
+            parent,
+            lambda: ReadLayer(target, adapter_name, peft_config),
+        )

@@ -7,7 +7,7 @@ from typing import Literal
 
 from ...architectures import validate_blocks
 from ...video import validate_num_frames
-from .._config import PeftVideoConfig
+from .._config import PeftVideoConfig, check_choice
 from .blocks import FINETUNE_PARTS
 from .mixing import validate_cross_frame_weight, validate_num_prefix_tokens, validate_strategy
 
@@ -79,6 +79,13 @@ class TokenMixConfig(PeftVideoConfig):
             "help": "Derived, do not set: filled in at injection with the modules wrapped for `blocks` and `finetune`."
         },
     )
+    exclude_modules: list[str] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Names (suffix match) or a regex (full match) of modules among those `blocks` and `finetune` "
+            "select to leave alone: an excluded part is not fine-tuned, and an excluded attention does not mix."
+        },
+    )
     modules_to_save: list[str] | None = field(
         default=None,
         metadata={
@@ -87,13 +94,11 @@ class TokenMixConfig(PeftVideoConfig):
         },
     )
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def validate(self) -> None:
         if self.num_frames is not None:
             validate_num_frames(self.num_frames)
         self.blocks = validate_blocks(self.blocks)
-        if self.finetune not in FINETUNE_PARTS:
-            raise ValueError(f"`finetune` must be one of {FINETUNE_PARTS}, got {self.finetune!r}")
+        check_choice(self.finetune, "finetune", FINETUNE_PARTS)
         validate_strategy(self.strategy)
         validate_cross_frame_weight(self.cross_frame_weight)
         validate_num_prefix_tokens(self.num_prefix_tokens)
@@ -103,5 +108,3 @@ class TokenMixConfig(PeftVideoConfig):
             raise ValueError(
                 f"`cross_frame_weight`={self.cross_frame_weight} has no effect with `strategy`='none' (no mixing)"
             )
-        if isinstance(self.target_modules, list):
-            self.target_modules = set(self.target_modules)
