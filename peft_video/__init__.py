@@ -7,8 +7,8 @@
 from ._registry import register_method
 from ._version import __version__
 from .alignment import PVLALoss, SingleStream, TwoTower, attach_pvla, partial_ot
-from .alignment.callback import PVLACallback
 from .conditioning import rap_condition, sentence_condition
+from .integrations import PVLACallback
 from .integrations import peft_hooks as _peft_hooks  # noqa: F401  (peft-video model cards and push_to_hub)
 from .tuners.rap import RapConfig, RapModel, retrieval_scores
 from .tuners.read import ReadConfig, ReadModel

@@ -9,7 +9,7 @@ Two sources of representations:
 
 :func:`attach_pvla` hooks them on a model; during training forwards (``model.training`` and grad enabled) it adds
 ``weight * PVLA`` to the model output's ``loss``. It is both a context manager and a handle with ``remove()``; the
-Trainer callback (:mod:`peft_video.alignment.callback`) uses the same object, so a plain loop gets the same loss.
+Trainer callback (:mod:`peft_video.integrations.pvla_callback`) uses the same object, so a plain loop gets the same loss.
 """
 
 from __future__ import annotations
