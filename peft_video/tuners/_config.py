@@ -2,11 +2,21 @@
 
 :class:`PeftVideoConfig` stamps the method's ``PEFT_VIDEO_*`` peft type and the package version, carries the fields
 every peft-video tuner has (``target_modules``, ``exclude_modules``, ``modules_to_save``), and runs each config's
-checks in one order: common normalisation, then the subclass's :meth:`PeftVideoConfig.validate`.
+checks in one order: common normalisation, the subclass's :meth:`PeftVideoConfig.validate`, then the rule that no
+setting is silently ignored (:meth:`PeftVideoConfig.unused_settings`).
+
+**The rule for settings that would have no effect.** A field set to something other than its default that the rest
+of the config makes irrelevant (READ's ``num_frames`` with ``recurrence_axis="tokens"``, RAP's ``top_k`` with
+``use_asa=False``, TokenMix's ``cross_frame_weight`` with ``strategy="none"``) is a ``ValueError`` that names both
+fields. A field left at its default is never an error: the help of each field says when it applies. A config read
+back from a saved ``adapter_config.json`` written by an earlier peft-video that accepted such a pair loads as it
+behaved then: the unused value is reset to its default, with a warning.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,6 +104,8 @@ class PeftVideoConfig(PeftConfig):
     )
 
     def __post_init__(self) -> None:
+        # peft builds a config from a saved adapter_config.json with its stored peft_type; a new one has none yet
+        from_saved = self.peft_type is not None
         super().__post_init__()
         from .._registry import peft_type_of
 
@@ -101,6 +113,40 @@ class PeftVideoConfig(PeftConfig):
         self.target_modules = as_set(self.target_modules)
         self.exclude_modules = as_set(self.exclude_modules)
         self.validate()
+        self._reject_unused_settings(from_saved)
 
     def validate(self) -> None:
         """Check (and normalise) the method's own fields; ``ValueError`` naming the field for bad values."""
+
+    def unused_settings(self) -> dict[str, str]:
+        """The fields that have no effect given the rest of this config, each with the reason (``"with `x`=..."``).
+
+        Only those set away from their default are reported (see the module docstring for the rule).
+        """
+        return {}
+
+    def _reject_unused_settings(self, from_saved: bool) -> None:
+        defaults = {f.name: _default(f) for f in dataclasses.fields(self)}
+        for name, reason in self.unused_settings().items():
+            value, default = getattr(self, name), defaults[name]
+            if value == default:
+                continue
+            if not from_saved:
+                raise ValueError(
+                    f"`{name}`={value!r} has no effect {reason}; leave `{name}` at its default ({default!r}) or "
+                    "change the setting that switches it off"
+                )
+            warnings.warn(
+                f"this saved {type(self).__name__} has `{name}`={value!r}, which has no effect {reason}: loading it "
+                f"as it was trained, with `{name}`={default!r}",
+                stacklevel=3,
+            )
+            setattr(self, name, default)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING

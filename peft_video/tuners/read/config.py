@@ -20,6 +20,22 @@ class ReadConfig(PeftVideoConfig):
     N_V frame features of a grounding / summarisation encoder). ``recurrence_axis="frames"`` is for frame-wise image
     encoders fed B*T frames: the (B*T, N, D) output is viewed as (B, T, N, D) and the recurrence runs over the T
     frames, separately for every token position.
+
+    **How the axis is decided** (``recurrence_axis=None``, the default), so that it is never silently the wrong one:
+
+    1. ``num_frames`` given: ``"frames"`` (here, at construction). ``recurrence_axis="tokens"`` together with
+       ``num_frames`` is a ``ValueError`` naming both: token recurrence would never use T.
+    2. Otherwise at injection, from the model: the targeted modules (``target_modules``, or the default ones) all in
+       a frame-wise vision tower: ``"frames"``, with T set at run time by :func:`peft_video.use_num_frames`; none in
+       one (text towers, encoder-decoder text models, unknown layouts): ``"tokens"``; both: a ``ValueError``. A
+       vision-only model's default targets are its vision blocks, a text-only model's its text blocks; a model with
+       both towers (CLIP) has no default tower: pass ``num_frames`` (or ``recurrence_axis="frames"``) for the vision
+       tower, ``recurrence_axis="tokens"`` for the text tower, or ``target_modules``.
+    3. ``recurrence_axis="frames"`` with targets in a text tower is a ``ValueError``.
+
+    The decided axis is written into the config (and so into the saved ``adapter_config.json``), so a reload is
+    unambiguous; saved configs with an explicit axis load as they are. Recurrence over patch tokens within each frame
+    (no temporal order) stays available as an explicit ``recurrence_axis="tokens"`` on a vision tower.
     """
 
     method = "read"
@@ -38,17 +54,20 @@ class ReadConfig(PeftVideoConfig):
         metadata={"help": "Recurrent cell in the bottleneck: 'rnn' (paper default), 'gru' or 'lstm'."},
     )
     read_dropout: float = field(default=0.0, metadata={"help": "Dropout on the FFN output before W_down."})
-    recurrence_axis: Literal["tokens", "frames"] = field(
-        default="tokens",
+    recurrence_axis: Literal["tokens", "frames"] | None = field(
+        default=None,
         metadata={
-            "help": "'tokens': recur over the sequence of (B, L, D); 'frames': recur over T of (B*T, N, D)."
+            "help": "'tokens': recur over the sequence of (B, L, D); 'frames': recur over T of (B*T, N, D). None: "
+            "decided from the config and the model: 'frames' if `num_frames` is given or every target lies in a "
+            "frame-wise vision tower, else 'tokens' (a two-tower model needs one of the three set). The decided axis is "
+            "saved with the adapter."
         },
     )
     num_frames: int | None = field(
         default=None,
         metadata={
-            "help": "Frames per video T for recurrence_axis='frames' (can be overridden at run time with "
-            "`peft_video.use_num_frames(T)`)."
+            "help": "Frames per video T (can be overridden at run time with `peft_video.use_num_frames(T)`). Giving it "
+            "means recurrence over frames: it implies recurrence_axis='frames' and is an error with 'tokens'."
         },
     )
     init_weights: bool | Literal["paper"] = field(
@@ -63,8 +82,19 @@ class ReadConfig(PeftVideoConfig):
     def validate(self) -> None:
         check_positive_int(self.r, "r", "READ bottleneck size k")
         check_choice(self.rnn_type, "rnn_type", RNN_TYPES)
-        check_choice(self.recurrence_axis, "recurrence_axis", RECURRENCE_AXES)
+        if self.recurrence_axis is not None:
+            check_choice(self.recurrence_axis, "recurrence_axis", RECURRENCE_AXES)
         if self.num_frames is not None:
             validate_num_frames(self.num_frames)
+            if self.recurrence_axis is None:
+                self.recurrence_axis = "frames"
         check_probability(self.read_dropout, "read_dropout")
         check_choice(self.init_weights, "init_weights", (True, False, "paper"))
+
+    def unused_settings(self) -> dict[str, str]:
+        if self.recurrence_axis == "tokens":
+            return {
+                "num_frames": "with `recurrence_axis`='tokens' (the recurrence runs over the tokens of each sequence, "
+                "never over frames): for recurrence over frames pass recurrence_axis='frames' or leave it unset"
+            }
+        return {}
