@@ -125,6 +125,10 @@ class PeftVideoConfig(PeftConfig):
         """
         return {}
 
+    def card_variant(self) -> str:
+        """One line for the model card naming what this config builds (the method's name unless it has variants)."""
+        return self.method
+
     def _reject_unused_settings(self, from_saved: bool) -> None:
         defaults = {f.name: _default(f) for f in dataclasses.fields(self)}
         for name, reason in self.unused_settings().items():

@@ -8,13 +8,20 @@ from typing import Literal
 from ...video import validate_num_frames
 from .._config import PeftVideoConfig, check_choice, check_positive_int, check_probability
 
-RNN_TYPES = ("rnn", "gru", "lstm")
+RNN_TYPES = ("rnn", "gru", "lstm", "none")
+RECURRENT_TYPES = ("rnn", "gru", "lstm")
 RECURRENCE_AXES = ("tokens", "frames")
 
 
 @dataclass
 class ReadConfig(PeftVideoConfig):
     """Configuration of a READ adapter: O~ = O + GELU(RNN(O W_down)) W_up on the output O of each target FFN.
+
+    ``rnn_type="none"`` leaves the recurrence out: O~ = O + GELU(O W_down) W_up is the bottleneck adapter of Houlsby et
+    al. (2019) after each FFN, with 2dk + d + k parameters per module, the cleanest ablation of what the recurrence
+    buys. It goes through the same code path, targets and axis rule as the recurrent variants (so flipping
+    ``rnn_type`` changes nothing else); since nothing recurs, the axis and ``num_frames`` only choose the default
+    targets (e.g. the vision tower of a CLIP) and do not enter the computation.
 
     ``recurrence_axis="tokens"`` runs the recurrence over the sequence of a (B, L, D) input (text tokens, or the
     N_V frame features of a grounding / summarisation encoder). ``recurrence_axis="frames"`` is for frame-wise image
@@ -49,9 +56,12 @@ class ReadConfig(PeftVideoConfig):
         },
     )
     r: int = field(default=8, metadata={"help": "Bottleneck size k of READ (paper: k << d, e.g. 4-8)."})
-    rnn_type: Literal["rnn", "gru", "lstm"] = field(
+    rnn_type: Literal["rnn", "gru", "lstm", "none"] = field(
         default="rnn",
-        metadata={"help": "Recurrent cell in the bottleneck: 'rnn' (paper default), 'gru' or 'lstm'."},
+        metadata={
+            "help": "Recurrent cell in the bottleneck: 'rnn' (paper default), 'gru' or 'lstm'; 'none': no recurrence, "
+            "the Houlsby adapter O + GELU(O W_down) W_up (the axis and num_frames then only choose the targets)."
+        },
     )
     read_dropout: float = field(default=0.0, metadata={"help": "Dropout on the FFN output before W_down."})
     recurrence_axis: Literal["tokens", "frames"] | None = field(
@@ -92,9 +102,20 @@ class ReadConfig(PeftVideoConfig):
         check_choice(self.init_weights, "init_weights", (True, False, "paper"))
 
     def unused_settings(self) -> dict[str, str]:
+        unused = {}
         if self.recurrence_axis == "tokens":
-            return {
-                "num_frames": "with `recurrence_axis`='tokens' (the recurrence runs over the tokens of each sequence, "
-                "never over frames): for recurrence over frames pass recurrence_axis='frames' or leave it unset"
-            }
-        return {}
+            unused["num_frames"] = (
+                "with `recurrence_axis`='tokens' (the recurrence runs over the tokens of each sequence, never over "
+                "frames): for recurrence over frames pass recurrence_axis='frames' or leave it unset"
+            )
+        if self.rnn_type == "none" and self.init_weights == "paper":
+            unused["init_weights"] = (
+                "with `rnn_type`='none': 'paper' differs from True only in zeroing the RNN, and there is none"
+            )
+        return unused
+
+    def card_variant(self) -> str:
+        if self.rnn_type == "none":
+            return "adapter (Houlsby): READ without the recurrence, `O + GELU(O W_down) W_up`"
+        cell = {"rnn": "RNN", "gru": "GRU", "lstm": "LSTM"}[self.rnn_type]
+        return f"READ, recurrent adapter: {cell} recurrence over {self.recurrence_axis or 'the decided axis'}"
