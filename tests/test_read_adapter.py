@@ -88,9 +88,16 @@ def test_same_targets_as_the_recurrent_variant_so_flipping_rnn_type_is_the_ablat
     assert adapter.peft_config["default"].recurrence_axis == "frames"
 
 
-def test_paper_init_has_no_meaning_without_an_rnn():
-    with pytest.raises(ValueError, match=r"`init_weights`='paper' has no effect with `rnn_type`='none'"):
-        ReadConfig(rnn_type="none", init_weights="paper")
+def test_paper_init_without_an_rnn_is_the_default_init():
+    """'paper' differs from True only in zeroing the RNN: without one it is the same init (documented)."""
+    weights = []
+    for init in (True, "paper"):
+        torch.manual_seed(0)
+        model = get_peft_model(tiny_clip_vision(), adapter_config(init_weights=init))
+        weights.append({n: p.detach().clone() for n, p in model.named_parameters() if "pvread_" in n})
+    assert weights[0].keys() == weights[1].keys() and all(
+        torch.equal(weights[0][k], weights[1][k]) for k in weights[0]
+    )
 
 
 def test_model_card_names_the_houlsby_adapter():

@@ -112,11 +112,17 @@ class PeftVideoConfig(PeftConfig):
         self.peft_type = peft_type_of(self.method)
         self.target_modules = as_set(self.target_modules)
         self.exclude_modules = as_set(self.exclude_modules)
+        if from_saved:
+            self.upgrade_saved()
         self.validate()
         self._reject_unused_settings(from_saved)
 
     def validate(self) -> None:
         """Check (and normalise) the method's own fields; ``ValueError`` naming the field for bad values."""
+
+    def upgrade_saved(self) -> None:
+        """Bring a config read from a saved ``adapter_config.json`` to the current form before :meth:`validate`
+        (e.g. a value recorded at injection that is derived again on loading); the default changes nothing."""
 
     def unused_settings(self) -> dict[str, str]:
         """The fields that have no effect given the rest of this config, each with the reason (``"with `x`=..."``).

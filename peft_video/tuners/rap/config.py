@@ -28,6 +28,13 @@ class RapConfig(PeftVideoConfig):
     (eq. 5-8): per frame, the top-K patches by similarity to the conditioning sentence take their keys and values
     from patch n + gamma_n of frame t + delta_t. Each text-tower self-attention gets a scale and shift of shape D
     (eq. 3). The sentence embedding is handed over with :func:`peft_video.rap_condition`.
+
+    ``use_lorm`` and ``use_asa`` are the ablation switches of Table 4: a part switched off keeps its settings
+    (``rank`` for LoRM; ``top_k``, ``condition_dim``, ``proj_init`` for ASA; ``blocks`` for both), saved but unused,
+    so that one config serves every row of an ablation. Contradictions are errors: ``text_modulation=True`` on a
+    model without a text tower, LoRM or ASA on while ``target_modules`` selects no vision block, and vision (text)
+    targets with LoRM and ASA (``text_modulation``) off. ``text_modulation=None`` (the default) means "in every text
+    block, if the model has a text tower" and is decided at injection and saved.
     """
 
     method = "rap"
@@ -46,16 +53,23 @@ class RapConfig(PeftVideoConfig):
             "rows, so every forward must see B*T frames, video-major."
         },
     )
-    rank: int = field(default=3, metadata={"help": "Temporal rank R of LoRM's scale and shift (paper: 3)."})
+    rank: int = field(
+        default=3,
+        metadata={
+            "help": "Temporal rank R of LoRM's scale and shift (paper: 3); unused with use_lorm=False."
+        },
+    )
     top_k: int = field(
         default=3,
-        metadata={"help": "Patches per frame that ASA warps, K (paper: 3); at most the patch count N."},
+        metadata={
+            "help": "Patches per frame that ASA warps, K (paper: 3); at most the patch count N; unused with use_asa=False."
+        },
     )
-    blocks: Literal["all", "light"] | list[int] = field(
+    blocks: Literal["all", "light"] | list[int] | int = field(
         default="all",
         metadata={
-            "help": "Vision blocks that get LoRM and ASA: 'all', 'light' (the last 4, RAP_light of Table 3) or a list "
-            "of block indices (negative counts from the end). Used to build the default `target_modules`."
+            "help": "Vision blocks that get LoRM and ASA: 'all', 'light' (the last 4, RAP_light of Table 3), one index "
+            "or a list of indices, Python style (-1: the last). Used to build the default `target_modules`; unused with use_lorm and use_asa False."
         },
     )
     use_lorm: bool = field(default=True, metadata={"help": "Low-rank temporal modulation of video features."})
@@ -63,24 +77,27 @@ class RapConfig(PeftVideoConfig):
         default=True,
         metadata={"help": "Asynchronous self-attention; needs a condition (`peft_video.rap_condition`)."},
     )
-    text_modulation: bool = field(
-        default=True,
+    text_modulation: bool | None = field(
+        default=None,
         metadata={
-            "help": "Scale and shift (eq. 3) in every text-tower block; no effect on vision-only models."
+            "help": "Scale and shift (eq. 3) in every text-tower block. None: where the model has a text tower (with "
+            "explicit `target_modules`: where they select text blocks), decided at injection and saved. True: required "
+            "(an error for a model without a text tower). False: off."
         },
     )
     condition_dim: int | None = field(
         default=None,
         metadata={
             "help": "Width E of the conditioning sentence embeddings (ASA's projection maps the vision width to E). "
-            "If None: the model's joint embedding width (HF `projection_dim`, open_clip `embed_dim`)."
+            "If None: the model's joint embedding width (HF `projection_dim`, open_clip `embed_dim`). Unused with use_asa=False."
         },
     )
     proj_init: Literal["auto", "model", "random"] = field(
         default="auto",
         metadata={
             "help": "Initial ASA projection: 'model' copies the frozen visual projection (CLIP's patch-to-text map), "
-            "'random' is nn.Linear's init, 'auto' is 'model' where the model has one of width E, else 'random'."
+            "'random' is nn.Linear's init, 'auto' is 'model' where the model has one of width E, else 'random'. "
+            "Unused with use_asa=False."
         },
     )
     init_weights: bool = field(
@@ -94,18 +111,25 @@ class RapConfig(PeftVideoConfig):
     def validate(self) -> None:
         validate_num_frames(self.num_frames)
         check_positive_int(self.rank, "rank", "LoRM temporal rank R")
-        if self.rank > self.num_frames:
+        if self.use_lorm and self.rank > self.num_frames:
             raise ValueError(
                 f"`rank`={self.rank} exceeds `num_frames`={self.num_frames}: LoRM's T x R factor cannot have rank "
                 "above T (the paper uses R=3 with T=12)"
             )
         check_positive_int(self.top_k, "top_k", "patches ASA warps per frame")
         self.blocks = validate_blocks(self.blocks)
-        for name in ("use_lorm", "use_asa", "text_modulation", "init_weights"):
+        for name in ("use_lorm", "use_asa", "init_weights"):
             check_bool(getattr(self, name), name)
-        if not (self.use_lorm or self.use_asa or self.text_modulation):
+        if self.text_modulation is not None:
+            check_bool(self.text_modulation, "text_modulation")
+        if not (self.use_lorm or self.use_asa or self.text_modulation is not False):
             raise ValueError(
                 "`use_lorm`, `use_asa` and `text_modulation` are all False: the adapter would do nothing"
             )
         check_optional_positive_int(self.condition_dim, "condition_dim")
         check_choice(self.proj_init, "proj_init", PROJ_INITS)
+
+    def upgrade_saved(self) -> None:
+        # Before text_modulation=None existed, the saved True meant "where the model has a text tower": None now.
+        if self.text_modulation is True:
+            self.text_modulation = None

@@ -155,33 +155,52 @@ class RapModel(WrappingTuner):
         blocks = resolve_blocks(
             peft_config.blocks, geometry.depth, where=f"the vision tower `{towers.vision.path}`"
         )
-        patterns = []
-        if peft_config.use_lorm or peft_config.use_asa:
-            patterns.append(towers.targets(VIDEO, blocks))
-        if peft_config.text_modulation and towers.text is not None:
-            patterns.append(towers.targets(TEXT))
+        vision_on = peft_config.use_lorm or peft_config.use_asa
+        text_modulation = peft_config.text_modulation
         if peft_config.target_modules is None:
+            if text_modulation is True and towers.text is None:
+                raise ValueError(
+                    f"`text_modulation`=True, but this model (architecture {architecture_of(self.model)!r}) has no "
+                    "text tower to modulate: leave it None (in every text block, if there is a text tower) or False"
+                )
+            text_modulation = towers.text is not None if text_modulation is None else text_modulation
+            patterns = [towers.targets(VIDEO, blocks)] if vision_on else []
+            if text_modulation:
+                patterns.append(towers.targets(TEXT))
             peft_config.target_modules = "|".join(f"(?:{p})" for p in patterns)
-        elif peft_config.blocks != "all" and (peft_config.use_lorm or peft_config.use_asa):
-            self._check_blocks_match_targets(peft_config, towers, list(blocks))
+        else:
+            targeted = self._targeted_blocks(peft_config, towers)
+            if text_modulation is None:
+                text_modulation = bool(targeted[TEXT])
+            if text_modulation and not targeted[TEXT]:
+                raise ValueError(
+                    "`text_modulation`=True, but `target_modules` selects no text-tower self-attention; leave it None "
+                    "(it then follows the targets) or False"
+                )
+            if vision_on and not targeted[VIDEO]:
+                raise ValueError(
+                    "`use_lorm` / `use_asa` are on, but `target_modules` selects no vision-tower self-attention, so "
+                    "neither would run: set both False for a RAP on the text tower only"
+                )
+            if peft_config.blocks != "all" and vision_on and targeted[VIDEO] != list(blocks):
+                raise ValueError(
+                    f"`blocks`={peft_config.blocks!r} selects vision blocks {list(blocks)}, but `target_modules` "
+                    f"targets vision blocks {targeted[VIDEO]}; pass one of the two (blocks only shapes the default "
+                    "target_modules)"
+                )
+        peft_config.text_modulation = text_modulation
         self.pvrap_geometry = geometry
         self.pvrap_towers = towers
         return peft_config
 
-    def _check_blocks_match_targets(self, config: RapConfig, towers: RapTowers, blocks: list[int]) -> None:
-        """Explicit ``target_modules`` with a ``blocks`` selection must target exactly those vision blocks."""
-        targeted = sorted(
-            place[1]
-            for key, _ in self.model.named_modules()
-            if (place := towers.locate(key)) is not None
-            and place[0] == VIDEO
-            and check_target_module_exists(config, key)
-        )
-        if targeted != blocks:
-            raise ValueError(
-                f"`blocks`={config.blocks!r} selects vision blocks {blocks}, but `target_modules` targets vision "
-                f"blocks {targeted}; pass one of the two (blocks only shapes the default target_modules)"
-            )
+    def _targeted_blocks(self, config: RapConfig, towers: RapTowers) -> dict[str, list[int]]:
+        """Per tower, the sorted indices of the blocks whose self-attention ``config.target_modules`` selects."""
+        targeted: dict[str, list[int]] = {VIDEO: [], TEXT: []}
+        for key, _ in self.model.named_modules():
+            place = towers.locate(key)
+            if place is not None and check_target_module_exists(config, key):
+                targeted[place[0]].append(place[1])
+        return {tower: sorted(indices) for tower, indices in targeted.items()}
 
     def _create_and_replace(
         self,

@@ -85,7 +85,8 @@ class ReadConfig(PeftVideoConfig):
         metadata={
             "help": "True: W_down Kaiming-normal, RNN PyTorch default, W_up and biases zero, so the output is unchanged "
             "at init and every READ weight gets gradient from the second step. 'paper': the paper's literal init (RNN "
-            "zero too), under which only W_up's bias ever gets gradient. False: random W_up (tests only)."
+            "zero too), under which only W_up's bias ever gets gradient (the same as True with rnn_type='none'). "
+            "False: random W_up (tests only)."
         },
     )
 
@@ -102,17 +103,12 @@ class ReadConfig(PeftVideoConfig):
         check_choice(self.init_weights, "init_weights", (True, False, "paper"))
 
     def unused_settings(self) -> dict[str, str]:
-        unused = {}
         if self.recurrence_axis == "tokens":
-            unused["num_frames"] = (
-                "with `recurrence_axis`='tokens' (the recurrence runs over the tokens of each sequence, never over "
-                "frames): for recurrence over frames pass recurrence_axis='frames' or leave it unset"
-            )
-        if self.rnn_type == "none" and self.init_weights == "paper":
-            unused["init_weights"] = (
-                "with `rnn_type`='none': 'paper' differs from True only in zeroing the RNN, and there is none"
-            )
-        return unused
+            return {
+                "num_frames": "with `recurrence_axis`='tokens' (the recurrence runs over the tokens of each sequence, "
+                "never over frames): for recurrence over frames pass recurrence_axis='frames' or leave it unset"
+            }
+        return {}
 
     def card_variant(self) -> str:
         if self.rnn_type == "none":

@@ -19,6 +19,11 @@ class TokenMixConfig(PeftVideoConfig):
 
     The encoder sees B videos of T frames as B*T images (video-major). In every block listed in ``blocks`` each
     query of each frame attends to one key/value set built across the T frames of its video (eq. 8).
+
+    ``strategy="none"`` is the paper's ablation switch (partial fine-tuning without mixing): the mixing settings
+    (``cross_frame_weight``, ``num_prefix_tokens``, ``num_frames``) are then kept and saved but unused, so one config
+    serves both rows of the ablation. ``target_modules`` is derived from ``blocks``, ``finetune`` and ``block_list``
+    at injection (and recorded); setting it is an error (narrow the selection with ``exclude_modules``).
     """
 
     method = "token_mix"
@@ -27,7 +32,7 @@ class TokenMixConfig(PeftVideoConfig):
         default=None,
         metadata={
             "help": "Frames per video T (the encoder sees B*T frames, video-major). None: set it at run time with "
-            "`peft_video.use_num_frames(T)`, which also overrides a configured value."
+            "`peft_video.use_num_frames(T)`, which also overrides a configured value. Unused with strategy='none'."
         },
     )
     blocks: list[int] | int | Literal["all", "light"] = field(
@@ -57,13 +62,14 @@ class TokenMixConfig(PeftVideoConfig):
         default=1.0,
         metadata={
             "help": "Weight w of patch keys from other frames than the query's: adds log(w) to their logits (w < 1 "
-            "favours the own frame). 1.0: no re-weighting. CLS keys are never re-weighted."
+            "favours the own frame). 1.0: no re-weighting. CLS keys are never re-weighted. Unused with strategy='none'."
         },
     )
     num_prefix_tokens: int = field(
         default=1,
         metadata={
-            "help": "Non-patch tokens at the start of each frame's sequence (1 for a CLS token, 0 for none)."
+            "help": "Non-patch tokens at the start of each frame's sequence (1 for a CLS token, 0 for none). Unused with "
+            "strategy='none'."
         },
     )
     block_list: str | None = field(
@@ -76,7 +82,8 @@ class TokenMixConfig(PeftVideoConfig):
     target_modules: list[str] | str | None = field(
         default=None,
         metadata={
-            "help": "Derived, do not set: filled in at injection with the modules wrapped for `blocks` and `finetune`."
+            "help": "Derived, do not set (an error): filled in at injection with the modules wrapped for `blocks` and "
+            "`finetune`, and saved with the adapter."
         },
     )
     exclude_modules: list[str] | str | None = field(
@@ -95,6 +102,12 @@ class TokenMixConfig(PeftVideoConfig):
     )
 
     def validate(self) -> None:
+        if self.target_modules is not None:
+            raise ValueError(
+                f"`target_modules` is derived by TokenMix from `blocks`, `finetune` and `block_list` (got "
+                f"{self.target_modules!r}); choose the blocks and parts with those, and leave some out with "
+                "`exclude_modules`"
+            )
         if self.num_frames is not None:
             validate_num_frames(self.num_frames)
         self.blocks = validate_blocks(self.blocks)
@@ -104,7 +117,7 @@ class TokenMixConfig(PeftVideoConfig):
         validate_num_prefix_tokens(self.num_prefix_tokens)
         if self.strategy == "none" and self.finetune == "none":
             raise ValueError("`strategy`='none' with `finetune`='none' adapts nothing; change one of them")
-        if self.strategy == "none" and self.cross_frame_weight != 1.0:
-            raise ValueError(
-                f"`cross_frame_weight`={self.cross_frame_weight} has no effect with `strategy`='none' (no mixing)"
-            )
+
+    def upgrade_saved(self) -> None:
+        # the recorded target_modules are what injection derived; loading derives them again
+        self.target_modules = None
