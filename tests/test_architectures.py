@@ -255,3 +255,23 @@ def test_resolution_is_used_by_the_tuners():
         rap_blocks = sorted(int(k.split(".")[3]) for k in rap.base_model.targeted_module_names)
         mix_blocks = sorted(int(k.split(".")[3]) for k in mix.base_model.targeted_module_names)
         assert rap_blocks == mix_blocks == list(resolve_blocks(blocks, 2))
+
+
+@pytest.mark.parametrize(
+    ("build", "hand_written"),
+    [
+        (
+            tiny_clip,
+            r"(.*\.)?vision_model\.encoder\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.(fc1|fc2))",
+        ),
+        (tiny_open_clip, r"(.*\.)?visual\.transformer\.resblocks\.\d+\.(attn|mlp\.c_fc|mlp\.c_proj)"),
+    ],
+    ids=["hf-clip", "open-clip"],
+)
+def test_lora_targets_from_the_tables_equal_the_hand_written_regexes(build, hand_written):
+    """What the task code wrote by hand for LoRA on the vision tower, derived from the tables instead."""
+    model = Wrapper(build())
+    derived = block_regex(model, VISION, members=linear_members(find_block_list(model).blocks[0]))
+    keys = [key for key, _ in model.named_modules()]
+    expected = [k for k in keys if re.fullmatch(hand_written, k)]
+    assert expected and [k for k in keys if re.fullmatch(derived, k)] == expected

@@ -5,12 +5,18 @@ every peft-video tuner has (``target_modules``, ``exclude_modules``, ``modules_t
 checks in one order: common normalisation, the subclass's :meth:`PeftVideoConfig.validate`, then the rule that no
 setting is silently ignored (:meth:`PeftVideoConfig.unused_settings`).
 
-**The rule for settings that would have no effect.** A field set to something other than its default that the rest
-of the config makes irrelevant (READ's ``num_frames`` with ``recurrence_axis="tokens"``, RAP's ``top_k`` with
-``use_asa=False``, TokenMix's ``cross_frame_weight`` with ``strategy="none"``) is a ``ValueError`` that names both
-fields. A field left at its default is never an error: the help of each field says when it applies. A config read
-back from a saved ``adapter_config.json`` written by an earlier peft-video that accepted such a pair loads as it
-behaved then: the unused value is reset to its default, with a warning.
+**The rule for settings that would have no effect** (nothing is silently ignored):
+
+- *Contradictions are errors.* A setting that asks for something the rest of the config rules out is a
+  ``ValueError`` naming both: READ's ``num_frames`` (recurrence over frames) with ``recurrence_axis="tokens"``,
+  through :meth:`PeftVideoConfig.unused_settings`; checks that need the model (RAP's ``text_modulation=True``
+  without a text tower) run at injection.
+- *A switched-off part keeps its settings, unused.* An ablation switch (RAP's ``use_lorm`` / ``use_asa``, TokenMix's
+  ``strategy="none"``, READ's ``rnn_type="none"``) says by itself that its part is off; that part's settings stay in
+  the config and the saved file, documented in each field's help, so one config serves every row of an ablation.
+- *A config read back from a saved* ``adapter_config.json`` (peft passes its stored ``peft_type``) is first brought
+  to the current form (:meth:`PeftVideoConfig.upgrade_saved`), and a contradiction an earlier peft-video accepted
+  loads as it behaved then: the unused value is reset to its default, with a warning.
 """
 
 from __future__ import annotations
