@@ -7,10 +7,11 @@
 from ._registry import register_method
 from ._version import __version__
 from .alignment import PVLALoss, SingleStream, TwoTower, attach_pvla, partial_ot
-from .alignment.callback import PVLACallback
+from .conditioning import rap_condition, sentence_condition
+from .integrations import PVLACallback
 from .integrations import peft_hooks as _peft_hooks  # noqa: F401  (peft-video model cards and push_to_hub)
-from .tasks.retrieval.metrics.ranking import retrieval_scores  # noqa: E402, I001  (tasks build on the names above)
-from .tuners.rap import RapConfig, RapModel, rap_condition
+from .tasks.retrieval.metrics.ranking import retrieval_scores
+from .tuners.rap import RapConfig, RapModel
 from .tuners.read import ReadConfig, ReadModel
 from .tuners.token_mix import TokenMixConfig, TokenMixModel
 from .video import use_num_frames
@@ -35,5 +36,6 @@ __all__ = [
     "partial_ot",
     "rap_condition",
     "retrieval_scores",
+    "sentence_condition",
     "use_num_frames",
 ]

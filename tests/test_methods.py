@@ -23,7 +23,7 @@ from tests.helpers import run_fresh
 from tests.tiny_models import tiny_clip, tiny_open_clip
 
 FRAMES = 4
-APPLICABLE = tuple(m for m in METHODS if m not in ("prompt", "adapter"))
+APPLICABLE = tuple(m for m in METHODS if m != "prompt")
 
 
 def retrieval_model(seed: int = 0) -> VideoTextRetrievalModel:
@@ -81,8 +81,9 @@ def test_peft_methods_train_their_adapter_in_closed_form():
     r = 8
     lora = depth * (4 * r * (d + d) + r * (d + inner) + r * (inner + d))  # q, k, v, out; fc1; fc2
     ia3 = depth * (d + d + inner)  # k and v outputs, fc2's input
-    read = depth * (2 * d * r + d + r + (2 * r * r + 2 * r))  # W_down, W_up with biases, one RNN cell
-    expected = {"lora": lora, "ia3": ia3, "read": read}
+    adapter = depth * (2 * d * r + d + r)  # Houlsby: W_down, W_up with biases
+    read = adapter + depth * (2 * r * r + 2 * r)  # plus one RNN cell
+    expected = {"lora": lora, "ia3": ia3, "adapter": adapter, "read": read}
     for method, count in expected.items():
         model = prepare_model(retrieval_model(), method, FRAMES)
         assert isinstance(model, PeftModel) and trainable_parameters(model) == count, method
@@ -141,7 +142,9 @@ def test_selective_round_trip_saves_only_the_trainable_tensors(tmp_path, method)
         load_trainable(VideoTextRetrievalModel(tiny_open_clip()), tmp_path)
 
 
-@pytest.mark.parametrize("method", [*SELECTIVE_METHODS[1:], "lora", "ia3", "read", "rap", "token_mix"])
+@pytest.mark.parametrize(
+    "method", [*SELECTIVE_METHODS[1:], "lora", "ia3", "adapter", "read", "rap", "token_mix"]
+)
 def test_every_method_reloads_in_a_fresh_process_to_the_same_outputs(tmp_path, method):
     """Train-like perturbation, save, reload from disk in a new interpreter onto a freshly built base model."""
     model = prepare_model(retrieval_model(), method, FRAMES)
@@ -188,6 +191,6 @@ def test_open_clip_targets_cover_both_towers():
     assert targets.blocks == ("backbone.visual.transformer.resblocks", "backbone.transformer.resblocks")
     proj = selected_parameters(model, "proj")
     assert proj == {"backbone.visual.proj", "backbone.text_projection"}
-    for method in ("lora", "ia3", "read", "partial", "bitfit"):
+    for method in ("lora", "ia3", "adapter", "read", "partial", "bitfit"):
         prepared = prepare_model(VideoTextRetrievalModel(tiny_open_clip()), method, FRAMES)
         assert trainable_parameters(prepared) > 0, method

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from peft_video.alignment import PVLALoss, TwoTower, attach_pvla
-from peft_video.alignment.callback import PVLACallback
+from peft_video.integrations import PVLACallback
 
 from .pvla_models import clip_batch, hook_ids, tiny_clip
 

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from peft_video.conditioning import make_condition
 from peft_video.tuners.rap.asa import axis_interpolation, plan_warp, select_patches, sentence_directions
-from peft_video.tuners.rap.condition import make_condition
 from peft_video.video import flatten_frames, unflatten_frames
 
 

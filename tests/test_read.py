@@ -322,7 +322,7 @@ def test_unknown_architecture_without_targets_is_a_clear_error():
     [
         (
             {"rnn_type": "transformer"},
-            r"`rnn_type` must be one of \('rnn', 'gru', 'lstm'\), got 'transformer'",
+            r"`rnn_type` must be one of \('rnn', 'gru', 'lstm', 'none'\), got 'transformer'",
         ),
         ({"r": 0}, r"`r` \(READ bottleneck size k\) must be a positive integer, got 0"),
         ({"r": -2}, r"got -2"),

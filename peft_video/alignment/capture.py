@@ -9,7 +9,7 @@ Two sources of representations:
 
 :func:`attach_pvla` hooks them on a model; during training forwards (``model.training`` and grad enabled) it adds
 ``weight * PVLA`` to the model output's ``loss``. It is both a context manager and a handle with ``remove()``; the
-Trainer callback (:mod:`peft_video.alignment.callback`) uses the same object, so a plain loop gets the same loss.
+Trainer callback (:mod:`peft_video.integrations.pvla_callback`) uses the same object, so a plain loop gets the same loss.
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ __all__ = [
 
 Inputs = Mapping[str, Any]
 MaskSpec = str | Callable[[Inputs], Tensor | None] | None
+DEFAULT_MASK_INPUT = (
+    "attention_mask"  # the default text / padding mask: applies where the model has that input
+)
 
 
 @dataclass
@@ -54,7 +57,9 @@ class TwoTower:
     video_projection / text_projection: module names (e.g. CLIP's ``visual_projection`` / ``text_projection``)
         applied after the transform, to bring both sides to one feature space when their widths differ.
     video_mask / text_mask: name of a model input (``attention_mask``) or a callable on the model's inputs
-        returning a (B, N) mask (True / 1 = real), or None for no padding.
+        returning a (B, N) mask (True / 1 = real), or None for no padding. The default ``"attention_mask"`` applies
+        in the forwards that pass it (none passed: no padding). Any other name must be passed in every training
+        forward (else a ``RuntimeError``), and is an error at attach time if ``model.forward`` cannot take it.
     """
 
     video_modules: str | Sequence[str]
@@ -64,7 +69,7 @@ class TwoTower:
     video_projection: str | None = None
     text_projection: str | None = None
     video_mask: MaskSpec = None
-    text_mask: MaskSpec = "attention_mask"
+    text_mask: MaskSpec = DEFAULT_MASK_INPUT
 
 
 @dataclass
@@ -74,12 +79,13 @@ class SingleStream:
     modules: module names or one regular expression, as in :class:`TwoTower`.
     video_tokens: an int n (the first n positions are video, the rest text) or a callable on the model's inputs
         returning a (B, N) bool tensor, True at video tokens.
-    padding_mask: model input name or callable giving a (B, N) mask of real positions (True / 1), or None.
+    padding_mask: model input name or callable giving a (B, N) mask of real positions (True / 1), or None; a name
+        follows the rule of :class:`TwoTower`'s masks (default ``"attention_mask"``).
     """
 
     modules: str | Sequence[str]
     video_tokens: int | Callable[[Inputs], Tensor]
-    padding_mask: MaskSpec = "attention_mask"
+    padding_mask: MaskSpec = DEFAULT_MASK_INPUT
 
 
 def check_weight(weight: object) -> float:
@@ -143,7 +149,8 @@ def attach_pvla(
     """Hook ``source`` on ``model`` so that training forwards add ``weight * loss(video, text)`` to ``output.loss``.
 
     Use as ``with attach_pvla(...) as pvla:`` or keep the handle and call ``pvla.remove()``. With
-    ``add_to_loss=False`` the term is only computed and kept in ``pvla.term`` for you to add.
+    ``add_to_loss=False`` the term is only computed and kept, unweighted, in ``pvla.term`` for you to add (times your
+    own weight): ``weight`` is then unused and must stay at its default 1.0.
     """
     return PVLAAttachment(model, loss, source, weight=weight, add_to_loss=add_to_loss)
 
@@ -163,6 +170,11 @@ class PVLAAttachment:
         if not isinstance(model, nn.Module):
             raise ValueError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
         check_pvla_arguments(loss, source, weight)
+        if not add_to_loss and weight != 1.0:
+            raise ValueError(
+                f"`weight`={weight!r} has no effect with `add_to_loss`=False: `attachment.term` is the unweighted "
+                "PVLA term, which you add to your loss with your own factor; drop `weight` or add_to_loss=True"
+            )
         self.model, self.loss, self.source = model, loss, source
         self.weight, self.add_to_loss = float(weight), add_to_loss
         self.term: Tensor | None = None  # PVLA of the last training forward (with grad)
@@ -172,6 +184,8 @@ class PVLAAttachment:
         self._inputs: dict[str, Any] = {}
         self._handles: list[RemovableHandle] = []
         self._signature = _signature(model)
+        for what, spec in _mask_specs(source):
+            _check_mask_input(self._signature, model, what, spec)
 
         if isinstance(source, TwoTower):
             video = resolve_modules(model, source.video_modules, "video_modules")
@@ -329,6 +343,26 @@ def _bind(sig: inspect.Signature | None, args: tuple, kwargs: dict) -> dict[str,
     return dict(kwargs)
 
 
+def _mask_specs(source: TwoTower | SingleStream) -> list[tuple[str, MaskSpec]]:
+    """(field name, value) of the source's mask fields."""
+    names = ("video_mask", "text_mask") if isinstance(source, TwoTower) else ("padding_mask",)
+    return [(name, getattr(source, name)) for name in names]
+
+
+def _check_mask_input(sig: inspect.Signature | None, model: nn.Module, what: str, spec: MaskSpec) -> None:
+    """A mask named by an input that ``model.forward`` cannot take would never apply: an error (except the default
+    ``"attention_mask"``, documented to apply only where the model has that input)."""
+    if not isinstance(spec, str) or spec == DEFAULT_MASK_INPUT or sig is None:
+        return
+    params = sig.parameters
+    if spec in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    raise ValueError(
+        f"`{what}`={spec!r} names no input of {type(model).__name__}.forward (its inputs: {list(params)}), so the "
+        "mask would never apply; name one of those inputs, pass a callable on the inputs, or None for no padding"
+    )
+
+
 def _first_tensor(output: Any, side: str, name: str) -> Tensor:
     if isinstance(output, Tensor):
         return output
@@ -347,6 +381,11 @@ def _input_mask(spec: MaskSpec, inputs: Inputs, what: str) -> Tensor | None:
         return None
     if isinstance(spec, str):
         mask = inputs.get(spec)
+        if mask is None and spec != DEFAULT_MASK_INPUT:
+            raise RuntimeError(
+                f"PVLA: `{what}`={spec!r} names an input this forward did not get (its inputs: {sorted(inputs)}), so "
+                "the mask would not apply; pass it, or name the mask with a callable returning None where none applies"
+            )
         if mask is None:
             return None
     else:

@@ -157,6 +157,11 @@ def _targets(facts: AdapterFacts) -> str:
     )
 
 
+def _variant(config: PeftConfig) -> str:
+    describe = getattr(config, "card_variant", None)
+    return describe() if callable(describe) else peft_type_name(config)
+
+
 def _num_frames(config: PeftConfig) -> str:
     frames = getattr(config, "num_frames", None)
     if frames is not None:
@@ -294,6 +299,7 @@ def card_fields(model: PeftModel, *, adapter_location: str) -> dict[str, str]:
         "base_model": base_name or f"an unnamed {type(model.get_base_model()).__name__}",
         "peft_type": primary.peft_type,
         "adapter_name": primary.name,
+        "variant": _variant(primary.config),
         "trainable_parameters": _trainable(primary.parameters, total),
         "target_modules": _targets(primary),
         "num_frames": _num_frames(primary.config),

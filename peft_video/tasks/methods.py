@@ -178,13 +178,12 @@ def peft_config_for(
         )
     if method in ("adapter", "read"):
         read_targets = {} if targets.read is None else {"target_modules": _peft_targets(targets.read)}
+        defaults = ADAPTER_DEFAULTS if method == "adapter" else READ_DEFAULTS
+        fields = {**defaults, "recurrence_axis": targets.read_axis}  # the adapter: which tower, no recurrence
         if method == "adapter":
-            fields = {**ADAPTER_DEFAULTS, "rnn_type": "none"}
-        else:
-            frames_axis = targets.read_axis == "frames"
-            fields = {**READ_DEFAULTS, "recurrence_axis": targets.read_axis}
-            if frames_axis:
-                fields["num_frames"] = frames
+            fields["rnn_type"] = "none"
+        if targets.read_axis == "frames":
+            fields["num_frames"] = frames
         return peft_video.ReadConfig(**{**fields, **read_targets, **saved, **options})
     if method == "prompt":
         if targets.prompt_task_type is None:

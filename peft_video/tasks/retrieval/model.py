@@ -18,29 +18,20 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from ...alignment import TwoTower
-from ...architectures import is_open_clip_model
-from ...tuners.rap import rap_condition
+from ...architectures import block_regex, is_open_clip_model, linear_members, tower_block_lists
+from ...conditioning import sentence_condition
 from ...video import mean_pool_frames, unflatten_frames, use_num_frames, video_to_frame_batch
 from ..methods import MethodTargets
 
-_HF_VISION_BLOCK = r"(.*\.)?vision_model\.encoder\.layers\.\d+\."
-_OPEN_CLIP_VISION_BLOCK = r"(.*\.)?visual\.transformer\.resblocks\.\d+\."
-_HF_CLIP_TOWERS: dict = {
-    "blocks": ("backbone.vision_model.encoder.layers", "backbone.text_model.encoder.layers"),
-    "projections": ("backbone.visual_projection", "backbone.text_projection"),
-    "lora": _HF_VISION_BLOCK + r"(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.(fc1|fc2))",
-    "ia3": _HF_VISION_BLOCK + r"(self_attn\.(k_proj|v_proj)|mlp\.fc2)",
-    "ia3_feedforward": _HF_VISION_BLOCK + r"mlp\.fc2",
+_PROJECTIONS = {  # open_clip keeps its projections as bare parameters
+    False: ("backbone.visual_projection", "backbone.text_projection"),
+    True: ("backbone.visual.proj", "backbone.text_projection"),
 }
-_OPEN_CLIP_TOWERS: dict = {  # open_clip keeps its projections as bare parameters and fuses q/k/v in MultiheadAttention
-    "blocks": ("backbone.visual.transformer.resblocks", "backbone.transformer.resblocks"),
-    "projections": ("backbone.visual.proj", "backbone.text_projection"),
-    "lora": _OPEN_CLIP_VISION_BLOCK + r"(attn|mlp\.c_fc|mlp\.c_proj)",
-    "ia3": _OPEN_CLIP_VISION_BLOCK + r"mlp\.(c_fc|c_proj)",
-    "ia3_feedforward": _OPEN_CLIP_VISION_BLOCK + r"mlp\.c_proj",
+_IA3_MEMBERS = {  # (targets, feed-forward targets) inside a vision block; open_clip's fused attention takes no IA3
+    False: (("self_attn.k_proj", "self_attn.v_proj", "mlp.fc2"), ("mlp.fc2",)),
+    True: (("mlp.c_fc", "mlp.c_proj"), ("mlp.c_proj",)),
 }
-"""Per CLIP family: the block lists and projections of both towers, and the vision-tower targets of LoRA / IA3
-(IA3 scales keys, values and the FFN's inner activations; open_clip's fused attention takes no IA3, so only its MLP)."""
+"""IA3 scales keys, values and the FFN's inner activations (the input of its second layer)."""
 
 TEXT_EMBEDDINGS = "token_embedding"
 """Name (suffix) of the text tower's word-embedding table in HF CLIP and open_clip: the recipes' `--text-embeddings`
@@ -92,10 +83,11 @@ def symmetric_info_nce(logits_per_text: torch.Tensor, positives: torch.Tensor | 
 def _condition(
     paired: torch.Tensor | None = None, candidates: torch.Tensor | None = None
 ) -> contextlib.AbstractContextManager:
-    """RAP's sentence condition for the vision forward inside (``peft_video.rap_condition``), or nothing."""
+    """The sentence condition of the vision forward inside (``peft_video.sentence_condition``, which RAP's ASA
+    reads), or nothing."""
     if paired is None and candidates is None:
         return contextlib.nullcontext()
-    return rap_condition(paired, candidates=candidates)
+    return sentence_condition(paired, candidates=candidates)
 
 
 class VideoTextRetrievalModel(nn.Module):
@@ -130,17 +122,20 @@ class VideoTextRetrievalModel(nn.Module):
         self.fixed_logit_scale = None if logit_scale is None else float(logit_scale)
 
     def method_targets(self) -> MethodTargets:
-        """Where each method of the registry acts on this model (``peft_video.tasks.methods``): LoRA, IA3, READ
-        (frames axis), the adapter, RAP and TokenMix on the vision tower; ``partial`` on the last block(s) of both
-        towers, ``proj`` on both projections, ``bitfit`` on every bias of the CLIP. Prompt tuning does not apply."""
-        towers = _OPEN_CLIP_TOWERS if self.is_open_clip else _HF_CLIP_TOWERS
+        """Where each method of the registry acts on this model (``peft_video.tasks.methods``): LoRA (every Linear
+        of a block), IA3, READ (frames axis), the adapter, RAP and TokenMix on the vision tower; ``partial`` on the
+        last block(s) of both towers, ``proj`` on both projections, ``bitfit`` on every bias of the CLIP. Prompt
+        tuning does not apply."""
+        towers = tower_block_lists(self)
+        vision = towers["vision"]
+        ia3, ia3_feedforward = _IA3_MEMBERS[self.is_open_clip]
         return MethodTargets(
             backbone=("backbone",),
-            blocks=towers["blocks"],
-            projections=towers["projections"],
-            lora=towers["lora"],
-            ia3=towers["ia3"],
-            ia3_feedforward=towers["ia3_feedforward"],
+            blocks=(vision.path, towers["text"].path),
+            projections=_PROJECTIONS[self.is_open_clip],
+            lora=block_regex(self, "vision", members=linear_members(vision.blocks[0])),
+            ia3=block_regex(self, "vision", members=ia3),
+            ia3_feedforward=block_regex(self, "vision", members=ia3_feedforward),
             read_axis="frames",
             token_mix={},
             rap=True,
@@ -230,13 +225,13 @@ def pvla_source(model: nn.Module, num_frames: int) -> TwoTower:
 
     if is_open_clip_model(model):  # open_clip keeps its projections as bare matrices: widths must agree
         return TwoTower(
-            video_modules=r"backbone\.visual\.transformer\.resblocks\.\d+",
-            text_modules=r"backbone\.transformer\.resblocks\.\d+",
+            video_modules=block_regex(model, "vision"),
+            text_modules=block_regex(model, "text"),
             video_transform=frame_tokens,
         )
     return TwoTower(
-        video_modules=r"backbone\.vision_model\.encoder\.layers\.\d+",
-        text_modules=r"backbone\.text_model\.encoder\.layers\.\d+",
+        video_modules=block_regex(model, "vision"),
+        text_modules=block_regex(model, "text"),
         video_transform=frame_tokens,
         video_projection="backbone.visual_projection",
         text_projection="backbone.text_projection",

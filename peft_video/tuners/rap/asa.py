@@ -11,12 +11,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ...conditioning import SentenceCondition
 from ...video import unflatten_frames
-from .condition import RapCondition
 
 
 def sentence_directions(
-    proj_weight: torch.Tensor, condition: RapCondition, frame_cls: torch.Tensor
+    proj_weight: torch.Tensor, condition: SentenceCondition, frame_cls: torch.Tensor
 ) -> torch.Tensor:
     """Per video, the D-vector W^T w* so that Proj(u) . w* = u . (W^T w*) (eq. 5-6), shape (B, D).
 

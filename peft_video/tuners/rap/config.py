@@ -5,16 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ...architectures import validate_blocks
 from ...video import validate_num_frames
-from .._config import PeftVideoConfig
+from .._config import (
+    PeftVideoConfig,
+    check_bool,
+    check_choice,
+    check_optional_positive_int,
+    check_positive_int,
+)
 
-BLOCK_PRESETS = ("all", "light")
-LIGHT_BLOCKS = 4  # RAP_light (Table 3): LoRM and ASA in the last four blocks only
 PROJ_INITS = ("auto", "model", "random")
-
-
-def _is_positive_int(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int) and value > 0
 
 
 @dataclass
@@ -27,6 +28,13 @@ class RapConfig(PeftVideoConfig):
     (eq. 5-8): per frame, the top-K patches by similarity to the conditioning sentence take their keys and values
     from patch n + gamma_n of frame t + delta_t. Each text-tower self-attention gets a scale and shift of shape D
     (eq. 3). The sentence embedding is handed over with :func:`peft_video.rap_condition`.
+
+    ``use_lorm`` and ``use_asa`` are the ablation switches of Table 4: a part switched off keeps its settings
+    (``rank`` for LoRM; ``top_k``, ``condition_dim``, ``proj_init`` for ASA; ``blocks`` for both), saved but unused,
+    so that one config serves every row of an ablation. Contradictions are errors: ``text_modulation=True`` on a
+    model without a text tower, LoRM or ASA on while ``target_modules`` selects no vision block, and vision (text)
+    targets with LoRM and ASA (``text_modulation``) off. ``text_modulation=None`` (the default) means "in every text
+    block, if the model has a text tower" and is decided at injection and saved.
     """
 
     method = "rap"
@@ -38,9 +46,6 @@ class RapConfig(PeftVideoConfig):
             "blocks chosen by `blocks` and, with `text_modulation`, every text block of HF CLIP / open_clip."
         },
     )
-    exclude_modules: list[str] | str | None = field(
-        default=None, metadata={"help": "Names or a regex of modules to leave alone even if they match."}
-    )
     num_frames: int = field(
         default=12,
         metadata={
@@ -48,16 +53,23 @@ class RapConfig(PeftVideoConfig):
             "rows, so every forward must see B*T frames, video-major."
         },
     )
-    rank: int = field(default=3, metadata={"help": "Temporal rank R of LoRM's scale and shift (paper: 3)."})
+    rank: int = field(
+        default=3,
+        metadata={
+            "help": "Temporal rank R of LoRM's scale and shift (paper: 3); unused with use_lorm=False."
+        },
+    )
     top_k: int = field(
         default=3,
-        metadata={"help": "Patches per frame that ASA warps, K (paper: 3); at most the patch count N."},
+        metadata={
+            "help": "Patches per frame that ASA warps, K (paper: 3); at most the patch count N; unused with use_asa=False."
+        },
     )
-    blocks: Literal["all", "light"] | list[int] = field(
+    blocks: Literal["all", "light"] | list[int] | int = field(
         default="all",
         metadata={
-            "help": "Vision blocks that get LoRM and ASA: 'all', 'light' (the last 4, RAP_light of Table 3) or a list "
-            "of block indices (negative counts from the end). Used to build the default `target_modules`."
+            "help": "Vision blocks that get LoRM and ASA: 'all', 'light' (the last 4, RAP_light of Table 3), one index "
+            "or a list of indices, Python style (-1: the last). Used to build the default `target_modules`; unused with use_lorm and use_asa False."
         },
     )
     use_lorm: bool = field(default=True, metadata={"help": "Low-rank temporal modulation of video features."})
@@ -65,24 +77,27 @@ class RapConfig(PeftVideoConfig):
         default=True,
         metadata={"help": "Asynchronous self-attention; needs a condition (`peft_video.rap_condition`)."},
     )
-    text_modulation: bool = field(
-        default=True,
+    text_modulation: bool | None = field(
+        default=None,
         metadata={
-            "help": "Scale and shift (eq. 3) in every text-tower block; no effect on vision-only models."
+            "help": "Scale and shift (eq. 3) in every text-tower block. None: where the model has a text tower (with "
+            "explicit `target_modules`: where they select text blocks), decided at injection and saved. True: required "
+            "(an error for a model without a text tower). False: off."
         },
     )
     condition_dim: int | None = field(
         default=None,
         metadata={
             "help": "Width E of the conditioning sentence embeddings (ASA's projection maps the vision width to E). "
-            "If None: the model's joint embedding width (HF `projection_dim`, open_clip `embed_dim`)."
+            "If None: the model's joint embedding width (HF `projection_dim`, open_clip `embed_dim`). Unused with use_asa=False."
         },
     )
     proj_init: Literal["auto", "model", "random"] = field(
         default="auto",
         metadata={
             "help": "Initial ASA projection: 'model' copies the frozen visual projection (CLIP's patch-to-text map), "
-            "'random' is nn.Linear's init, 'auto' is 'model' where the model has one of width E, else 'random'."
+            "'random' is nn.Linear's init, 'auto' is 'model' where the model has one of width E, else 'random'. "
+            "Unused with use_asa=False."
         },
     )
     init_weights: bool = field(
@@ -92,75 +107,29 @@ class RapConfig(PeftVideoConfig):
             "False: everything random (tests only)."
         },
     )
-    modules_to_save: list[str] | None = field(
-        default=None,
-        metadata={"help": "Extra modules (e.g. a task head) to train and save beside the adapter."},
-    )
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def validate(self) -> None:
         validate_num_frames(self.num_frames)
-        if not _is_positive_int(self.rank):
-            raise ValueError(f"`rank` (LoRM temporal rank R) must be a positive integer, got {self.rank!r}")
-        if self.rank > self.num_frames:
+        check_positive_int(self.rank, "rank", "LoRM temporal rank R")
+        if self.use_lorm and self.rank > self.num_frames:
             raise ValueError(
                 f"`rank`={self.rank} exceeds `num_frames`={self.num_frames}: LoRM's T x R factor cannot have rank "
                 "above T (the paper uses R=3 with T=12)"
             )
-        if not _is_positive_int(self.top_k):
-            raise ValueError(
-                f"`top_k` (patches ASA warps per frame) must be a positive integer, got {self.top_k!r}"
-            )
-        self.blocks = _validate_blocks(self.blocks)
-        for name in ("use_lorm", "use_asa", "text_modulation", "init_weights"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}")
-        if not (self.use_lorm or self.use_asa or self.text_modulation):
+        check_positive_int(self.top_k, "top_k", "patches ASA warps per frame")
+        self.blocks = validate_blocks(self.blocks)
+        for name in ("use_lorm", "use_asa", "init_weights"):
+            check_bool(getattr(self, name), name)
+        if self.text_modulation is not None:
+            check_bool(self.text_modulation, "text_modulation")
+        if not (self.use_lorm or self.use_asa or self.text_modulation is not False):
             raise ValueError(
                 "`use_lorm`, `use_asa` and `text_modulation` are all False: the adapter would do nothing"
             )
-        if self.condition_dim is not None and not _is_positive_int(self.condition_dim):
-            raise ValueError(
-                f"`condition_dim` must be None or a positive integer, got {self.condition_dim!r}"
-            )
-        if self.proj_init not in PROJ_INITS:
-            raise ValueError(f"`proj_init` must be one of {PROJ_INITS}, got {self.proj_init!r}")
-        if isinstance(self.target_modules, list):
-            self.target_modules = set(self.target_modules)
-        if isinstance(self.exclude_modules, list):
-            self.exclude_modules = set(self.exclude_modules)
+        check_optional_positive_int(self.condition_dim, "condition_dim")
+        check_choice(self.proj_init, "proj_init", PROJ_INITS)
 
-
-def _validate_blocks(blocks: object) -> str | list[int]:
-    """``blocks`` as 'all', 'light' or a non-empty list of distinct integers, else a ``ValueError``."""
-    if isinstance(blocks, str):
-        if blocks not in BLOCK_PRESETS:
-            raise ValueError(
-                f"`blocks` must be one of {BLOCK_PRESETS} or a list of block indices, got {blocks!r}"
-            )
-        return blocks
-    if isinstance(blocks, (list, tuple)) and blocks:
-        integers = all(isinstance(b, int) and not isinstance(b, bool) for b in blocks)
-        if integers and len(set(blocks)) == len(blocks):
-            return list(blocks)
-    raise ValueError(
-        f"`blocks` must be 'all', 'light' or a non-empty list of distinct block indices, got {blocks!r}"
-    )
-
-
-def resolve_blocks(blocks: str | list[int], depth: int) -> list[int]:
-    """The sorted vision block indices that ``blocks`` names in a tower of ``depth`` blocks."""
-    if blocks == "all":
-        return list(range(depth))
-    if blocks == "light":
-        return list(range(max(depth - LIGHT_BLOCKS, 0), depth))
-    resolved = []
-    for index in blocks:
-        if not -depth <= index < depth:
-            raise ValueError(
-                f"`blocks` contains {index}, but the vision tower has {depth} blocks (valid: {-depth}..{depth - 1})"
-            )
-        resolved.append(index % depth)
-    if len(set(resolved)) != len(resolved):
-        raise ValueError(f"`blocks`={blocks!r} names the same block twice in a tower of {depth} blocks")
-    return sorted(resolved)
+    def upgrade_saved(self) -> None:
+        # Before text_modulation=None existed, the saved True meant "where the model has a text tower": None now.
+        if self.text_modulation is True:
+            self.text_modulation = None

@@ -16,10 +16,10 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from ...conditioning import SentenceCondition, current_sentence_condition
 from ...video import check_frame_batch, flatten_frames, resolve_num_frames, unflatten_frames
 from .._wrapping import ForwardsToBaseLayer
 from .asa import WarpPlan, plan_warp, select_patches, sentence_directions
-from .condition import current_condition
 from .config import RapConfig
 
 VIDEO, TEXT = "video", "text"
@@ -50,6 +50,7 @@ class RapLayer(ForwardsToBaseLayer, nn.Module, BaseTunerLayer):
     Subclasses know how to read the attention input and how to call the base module with warped keys and values.
     """
 
+    adapter_prefix = "pvrap_"
     adapter_layer_names = (
         "pvrap_scale_a",
         "pvrap_scale_b",
@@ -192,9 +193,7 @@ class RapLayer(ForwardsToBaseLayer, nn.Module, BaseTunerLayer):
                 f"forward has {video.shape[2]} tokens per frame; feed the image size the model was built for and "
                 "disable patch dropout"
             )
-        directions = sentence_directions(
-            proj.weight, current_condition(), video[:, :, 0].to(proj.weight.dtype)
-        )
+        directions = sentence_directions(proj.weight, _asa_condition(), video[:, :, 0].to(proj.weight.dtype))
         index, gate = select_patches(video, directions, settings.top_k)
         return plan_warp(index, gate, shared.frame_offset[adapter_name], shared.patch_offset[adapter_name])
 
@@ -230,6 +229,20 @@ class RapLayer(ForwardsToBaseLayer, nn.Module, BaseTunerLayer):
 
     def __repr__(self) -> str:
         return "pvrap." + super().__repr__()
+
+
+def _asa_condition() -> SentenceCondition:
+    """The sentence condition in force, or a ``RuntimeError`` saying how to provide one (ASA never runs unconditioned)."""
+    condition = current_sentence_condition()
+    if condition is None:
+        raise RuntimeError(
+            "RAP's asynchronous self-attention (use_asa=True) needs the conditioning sentence embeddings, but this "
+            "vision forward ran outside `peft_video.rap_condition(...)`. Wrap it in "
+            "`with peft_video.rap_condition(paired=caption_embeds):` for training (one caption per video) or "
+            "`with peft_video.rap_condition(candidates=all_text_embeds):` for retrieval; or use_asa=False. "
+            "(`peft_video.conditioning.sentence_condition` is the same.)"
+        )
+    return condition
 
 
 class RapCLIPAttention(RapLayer):

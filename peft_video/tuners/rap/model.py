@@ -7,7 +7,6 @@ the layers only hold a reference to them.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
@@ -15,65 +14,75 @@ from peft.config import PeftConfig
 from peft.tuners.tuners_utils import check_target_module_exists
 from torch import nn
 
-from ...architectures import OPEN_CLIP, architecture_of, contains_open_clip_text_tower
+from ...architectures import (
+    OPEN_CLIP,
+    VISION,
+    BlockList,
+    architecture_of,
+    hf_model_of,
+    open_clip_visual,
+    resolve_blocks,
+    tower_block_lists,
+)
+from ...architectures import (
+    TEXT as TEXT_TOWER,
+)
 from .._wrapping import WrappingTuner
-from .config import RapConfig, resolve_blocks
+from .config import RapConfig
 from .layer import TEXT, VIDEO, RapCLIPAttention, RapLayer, RapMultiheadAttention, RapShared
 
-BLOCKS = "{blocks}"  # placeholder for the block indices in the patterns below
-_PREFIX = r"(?:.*\.)?"  # tolerate a task wrapper's prefix such as `backbone.`
-
-# Self-attention modules per architecture and tower (regexes, full match). Vision blocks get LoRM + ASA, text blocks
-# the text scale and shift. open_clip's bare VisionTransformer has no text tower: see `rap_towers`.
-RAP_TARGET_MODULES: dict[str, dict[str, str]] = {
-    "clip": {
-        VIDEO: _PREFIX + r"vision_model\.encoder\.layers\.{blocks}\.self_attn",
-        TEXT: _PREFIX + r"text_model\.encoder\.layers\.{blocks}\.self_attn",
-    },
-    # CLIPVisionModel is the bare vision transformer; CLIPVisionModelWithProjection nests it in `vision_model`
-    "clip_vision_model": {VIDEO: _PREFIX + r"encoder\.layers\.{blocks}\.self_attn"},
-    OPEN_CLIP: {
-        VIDEO: _PREFIX + r"visual\.transformer\.resblocks\.{blocks}\.attn",
-        TEXT: _PREFIX + r"(?<!visual\.)transformer\.resblocks\.{blocks}\.attn",
-    },
-}
-_OPEN_CLIP_VISION_TOWER = {VIDEO: _PREFIX + r"transformer\.resblocks\.{blocks}\.attn"}
+# RAP needs q/k/v projections (or nn.MultiheadAttention), a patch grid and a joint embedding space: CLIP models.
+RAP_ARCHITECTURES = ("clip", "clip_vision_model", OPEN_CLIP)
 
 
-def rap_towers(model: nn.Module) -> dict[str, str]:
-    """The per-tower attention patterns of ``model``, or a clear error for architectures RAP does not know."""
+@dataclass(frozen=True)
+class RapTowers:
+    """Where RAP acts in a model: the vision blocks (LoRM + ASA) and the text blocks (scale and shift), if any."""
+
+    vision: BlockList
+    text: BlockList | None
+
+    def blocks(self, tower: str) -> BlockList | None:
+        """The blocks of RAP's ``"video"`` or ``"text"`` tower."""
+        return self.vision if tower == VIDEO else self.text
+
+    def targets(self, tower: str, blocks: tuple[int, ...] | None = None) -> str:
+        """Full-match regex of the self-attention modules of the tower's ``blocks`` (all for None)."""
+        found = self.blocks(tower)
+        assert found is not None
+        return found.regex(blocks, found.anatomy.attention)
+
+    def locate(self, key: str) -> tuple[str, int] | None:
+        """``(tower, block index)`` if ``key`` is the self-attention module of a block, else None."""
+        for tower in (VIDEO, TEXT):
+            found = self.blocks(tower)
+            place = found.locate(key) if found is not None else None
+            if place is not None and place[1] == found.anatomy.attention:
+                return tower, place[0]
+        return None
+
+    def tower_of(self, key: str) -> str:
+        """'video' or 'text': which tower the module ``key`` belongs to, or a clear error."""
+        place = self.locate(key)
+        if place is None:
+            patterns = sorted(self.targets(t) for t in (VIDEO, TEXT) if self.blocks(t) is not None)
+            raise ValueError(
+                f"RAP target {key!r} is not a self-attention module of a CLIP vision or text block "
+                f"(patterns: {patterns}); check `target_modules`"
+            )
+        return place[0]
+
+
+def rap_towers(model: nn.Module) -> RapTowers:
+    """RAP's towers of ``model``, or a clear error for architectures RAP does not know."""
     architecture = architecture_of(model)
-    if architecture == OPEN_CLIP and not contains_open_clip_text_tower(model):
-        return _OPEN_CLIP_VISION_TOWER
-    if architecture not in RAP_TARGET_MODULES:
+    towers = tower_block_lists(model) if architecture in RAP_ARCHITECTURES else {}
+    if VISION not in towers:
         raise ValueError(
             f"RAP supports frame-wise CLIP video encoders: HF CLIPModel / CLIPVisionModel (model_type 'clip', "
             f"'clip_vision_model') and open_clip CLIP / VisionTransformer; got architecture {architecture!r}"
         )
-    return RAP_TARGET_MODULES[architecture]
-
-
-def tower_pattern(template: str, blocks: list[int] | None = None) -> str:
-    """A tower's regex for the given block indices (all blocks for None)."""
-    indices = r"\d+" if blocks is None else "(?:" + "|".join(str(b) for b in blocks) + ")"
-    return template.replace(BLOCKS, indices)
-
-
-def block_index(template: str, key: str) -> int | None:
-    """The block index of ``key`` if it is one of the tower's attention modules, else None."""
-    match = re.fullmatch(template.replace(BLOCKS, r"(?P<block>\d+)"), key)
-    return int(match.group("block")) if match else None
-
-
-def tower_of(towers: dict[str, str], key: str) -> str:
-    """'video' or 'text': which tower the module ``key`` belongs to, or a clear error."""
-    for tower, template in towers.items():
-        if block_index(template, key) is not None:
-            return tower
-    raise ValueError(
-        f"RAP target {key!r} is not a self-attention module of a CLIP vision or text block "
-        f"(patterns: {sorted(tower_pattern(t) for t in towers.values())}); check `target_modules`"
-    )
+    return RapTowers(towers[VISION], towers.get(TEXT_TOWER))
 
 
 @dataclass(frozen=True)
@@ -85,29 +94,14 @@ class VisionGeometry:
     condition_dim: int | None
 
 
-def _open_clip_visual(model: nn.Module) -> nn.Module:
-    """The open_clip VisionTransformer in ``model`` (itself, its ``visual``, or inside a task wrapper)."""
-    from open_clip.transformer import VisionTransformer
-
-    return next(m for m in model.modules() if isinstance(m, VisionTransformer))
-
-
-def _hf_clip(model: nn.Module) -> nn.Module:
-    """The outermost HF module in ``model`` that has a config (the CLIP model itself, or inside a task wrapper)."""
-    return next(m for m in model.modules() if getattr(getattr(m, "config", None), "model_type", None))
-
-
-def vision_geometry(model: nn.Module, towers: dict[str, str]) -> VisionGeometry:
+def vision_geometry(model: nn.Module, towers: RapTowers) -> VisionGeometry:
     """Read N, depth and E from a HF or open_clip CLIP model."""
-    depth = 1 + max(
-        (i for key, _ in model.named_modules() if (i := block_index(towers[VIDEO], key)) is not None),
-        default=-1,
-    )
-    if architecture_of(model) == OPEN_CLIP:
-        visual = _open_clip_visual(model)
+    depth = towers.vision.depth
+    visual = open_clip_visual(model)
+    if visual is not None:
         rows, cols = visual.grid_size
         return VisionGeometry(rows * cols, depth, getattr(visual, "output_dim", None))
-    config = _hf_clip(model).config
+    config = hf_model_of(model).config
     vision = getattr(config, "vision_config", config)
     condition_dim = getattr(config, "projection_dim", None) or getattr(vision, "projection_dim", None)
     return VisionGeometry((vision.image_size // vision.patch_size) ** 2, depth, condition_dim)
@@ -115,10 +109,11 @@ def vision_geometry(model: nn.Module, towers: dict[str, str]) -> VisionGeometry:
 
 def visual_projection(model: nn.Module) -> torch.Tensor | None:
     """The model's frozen patch-to-joint-space projection as an (E, D) matrix, if it has one."""
-    if architecture_of(model) == OPEN_CLIP:
-        proj = getattr(_open_clip_visual(model), "proj", None)
+    visual = open_clip_visual(model)
+    if visual is not None:
+        proj = getattr(visual, "proj", None)
         return proj.detach().T if isinstance(proj, torch.Tensor) else None
-    projection = getattr(_hf_clip(model), "visual_projection", None)
+    projection = getattr(hf_model_of(model), "visual_projection", None)
     return projection.weight.detach() if isinstance(projection, nn.Linear) else None
 
 
@@ -152,37 +147,60 @@ class RapModel(WrappingTuner):
             raise ValueError(
                 f"`top_k`={peft_config.top_k} exceeds the {geometry.num_patches} patches per frame of this model"
             )
-        if not (peft_config.use_lorm or peft_config.use_asa) and TEXT not in towers:
+        if not (peft_config.use_lorm or peft_config.use_asa) and towers.text is None:
             raise ValueError(
                 "`use_lorm` and `use_asa` are False and this vision-only model has no text tower for "
                 "`text_modulation`: the adapter would do nothing"
             )
-        blocks = resolve_blocks(peft_config.blocks, geometry.depth)
-        patterns = []
-        if peft_config.use_lorm or peft_config.use_asa:
-            patterns.append(tower_pattern(towers[VIDEO], blocks))
-        if peft_config.text_modulation and TEXT in towers:
-            patterns.append(tower_pattern(towers[TEXT]))
+        blocks = resolve_blocks(
+            peft_config.blocks, geometry.depth, where=f"the vision tower `{towers.vision.path}`"
+        )
+        vision_on = peft_config.use_lorm or peft_config.use_asa
+        text_modulation = peft_config.text_modulation
         if peft_config.target_modules is None:
+            if text_modulation is True and towers.text is None:
+                raise ValueError(
+                    f"`text_modulation`=True, but this model (architecture {architecture_of(self.model)!r}) has no "
+                    "text tower to modulate: leave it None (in every text block, if there is a text tower) or False"
+                )
+            text_modulation = towers.text is not None if text_modulation is None else text_modulation
+            patterns = [towers.targets(VIDEO, blocks)] if vision_on else []
+            if text_modulation:
+                patterns.append(towers.targets(TEXT))
             peft_config.target_modules = "|".join(f"(?:{p})" for p in patterns)
-        elif peft_config.blocks != "all" and (peft_config.use_lorm or peft_config.use_asa):
-            self._check_blocks_match_targets(peft_config, towers[VIDEO], blocks)
+        else:
+            targeted = self._targeted_blocks(peft_config, towers)
+            if text_modulation is None:
+                text_modulation = bool(targeted[TEXT])
+            if text_modulation and not targeted[TEXT]:
+                raise ValueError(
+                    "`text_modulation`=True, but `target_modules` selects no text-tower self-attention; leave it None "
+                    "(it then follows the targets) or False"
+                )
+            if vision_on and not targeted[VIDEO]:
+                raise ValueError(
+                    "`use_lorm` / `use_asa` are on, but `target_modules` selects no vision-tower self-attention, so "
+                    "neither would run: set both False for a RAP on the text tower only"
+                )
+            if peft_config.blocks != "all" and vision_on and targeted[VIDEO] != list(blocks):
+                raise ValueError(
+                    f"`blocks`={peft_config.blocks!r} selects vision blocks {list(blocks)}, but `target_modules` "
+                    f"targets vision blocks {targeted[VIDEO]}; pass one of the two (blocks only shapes the default "
+                    "target_modules)"
+                )
+        peft_config.text_modulation = text_modulation
         self.pvrap_geometry = geometry
         self.pvrap_towers = towers
         return peft_config
 
-    def _check_blocks_match_targets(self, config: RapConfig, video_template: str, blocks: list[int]) -> None:
-        """Explicit ``target_modules`` with a ``blocks`` selection must target exactly those vision blocks."""
-        targeted = sorted(
-            i
-            for key, _ in self.model.named_modules()
-            if (i := block_index(video_template, key)) is not None and check_target_module_exists(config, key)
-        )
-        if targeted != blocks:
-            raise ValueError(
-                f"`blocks`={config.blocks!r} selects vision blocks {blocks}, but `target_modules` targets vision "
-                f"blocks {targeted}; pass one of the two (blocks only shapes the default target_modules)"
-            )
+    def _targeted_blocks(self, config: RapConfig, towers: RapTowers) -> dict[str, list[int]]:
+        """Per tower, the sorted indices of the blocks whose self-attention ``config.target_modules`` selects."""
+        targeted: dict[str, list[int]] = {VIDEO: [], TEXT: []}
+        for key, _ in self.model.named_modules():
+            place = towers.locate(key)
+            if place is not None and check_target_module_exists(config, key):
+                targeted[place[0]].append(place[1])
+        return {tower: sorted(indices) for tower, indices in targeted.items()}
 
     def _create_and_replace(
         self,
@@ -194,28 +212,28 @@ class RapModel(WrappingTuner):
         current_key: str,
         **optional_kwargs,
     ) -> None:
-        tower = tower_of(self.pvrap_towers, current_key)
+        tower = self.pvrap_towers.tower_of(current_key)
         if tower == TEXT and not peft_config.text_modulation:
             raise ValueError(f"{current_key!r} is a text-tower attention but `text_modulation` is False")
         if tower == VIDEO and not (peft_config.use_lorm or peft_config.use_asa):
             raise ValueError(f"{current_key!r} is a vision attention but `use_lorm` and `use_asa` are False")
         if tower == VIDEO and peft_config.use_asa:
             self._create_shared(adapter_name, peft_config, target)
-        if isinstance(target, RapLayer):
-            target.update_layer(adapter_name, peft_config)
-            return
-        layer_cls = _layer_class(target, current_key)
-        new_module = layer_cls(
-            target,
-            adapter_name,
+        self._wrap_or_update(
             peft_config,
-            tower=tower,
-            num_patches=self.pvrap_geometry.num_patches,
-            shared=self.pvrap_shared,
+            adapter_name,
+            target,
+            target_name,
+            parent,
+            lambda: _layer_class(target, current_key)(
+                target,
+                adapter_name,
+                peft_config,
+                tower=tower,
+                num_patches=self.pvrap_geometry.num_patches,
+                shared=self.pvrap_shared,
+            ),
         )
-        if adapter_name not in self.active_adapters:
-            new_module.requires_grad_(False)
-        self._replace_module(parent, target_name, new_module, target)
 
     def _create_shared(self, adapter_name: str, config: RapConfig, target: nn.Module) -> None:
         """ASA's shared Proj (D -> E), gamma (N) and delta (T) for ``adapter_name``, once per adapter."""

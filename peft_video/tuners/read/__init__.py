@@ -2,6 +2,6 @@
 
 from .config import ReadConfig
 from .layer import ReadLayer
-from .model import READ_TARGET_MODULES, ReadModel
+from .model import ReadModel
 
-__all__ = ["READ_TARGET_MODULES", "ReadConfig", "ReadLayer", "ReadModel"]
+__all__ = ["ReadConfig", "ReadLayer", "ReadModel"]

@@ -1,4 +1,8 @@
-"""READ layer: wraps a feed-forward module and adds GELU(RNN(O W_down)) W_up to its output O (eq. 5)."""
+"""READ layer: wraps a feed-forward module and adds GELU(RNN(O W_down)) W_up to its output O (eq. 5).
+
+Without a recurrent cell (``rnn_type="none"``) the same layer adds GELU(O W_down) W_up: the Houlsby adapter. An
+adapter of that kind has no entry in ``pvread_rnn``, so no RNN parameter is created, trained or saved.
+"""
 
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ def output_features(module: nn.Module) -> int:
 class ReadLayer(ForwardsToBaseLayer, nn.Module, BaseTunerLayer):
     """A target feed-forward module plus one READ bottleneck per adapter, applied to the module's output."""
 
+    adapter_prefix = "pvread_"
     adapter_layer_names = ("pvread_down", "pvread_rnn", "pvread_up")
     other_param_names = ("pvread_dropout", "pvread_axis", "pvread_num_frames")
 
@@ -54,7 +59,10 @@ class ReadLayer(ForwardsToBaseLayer, nn.Module, BaseTunerLayer):
         """Create (or re-create) the READ weights of ``adapter_name`` and make it the active adapter."""
         r = config.r
         self.pvread_down[adapter_name] = nn.Linear(self.features, r)
-        self.pvread_rnn[adapter_name] = _RNN_CLASSES[config.rnn_type](r, r, batch_first=True)
+        if config.rnn_type in _RNN_CLASSES:
+            self.pvread_rnn[adapter_name] = _RNN_CLASSES[config.rnn_type](r, r, batch_first=True)
+        elif adapter_name in self.pvread_rnn:  # re-created without recurrence
+            del self.pvread_rnn[adapter_name]
         self.pvread_up[adapter_name] = nn.Linear(r, self.features)
         self.pvread_dropout[adapter_name] = (
             nn.Dropout(config.read_dropout) if config.read_dropout else nn.Identity()
@@ -71,17 +79,14 @@ class ReadLayer(ForwardsToBaseLayer, nn.Module, BaseTunerLayer):
     @torch.no_grad()
     def reset_read_parameters(self, adapter_name: str, init_weights: bool | str) -> None:
         """Initialise READ so that the wrapped module's output is unchanged (see ``ReadConfig.init_weights``)."""
-        down, rnn, up = (
-            self.pvread_down[adapter_name],
-            self.pvread_rnn[adapter_name],
-            self.pvread_up[adapter_name],
-        )
+        down, up = self.pvread_down[adapter_name], self.pvread_up[adapter_name]
         nn.init.kaiming_normal_(down.weight)
         nn.init.zeros_(down.bias)
-        if init_weights == "paper":
+        rnn = self.pvread_rnn[adapter_name] if adapter_name in self.pvread_rnn else None
+        if rnn is not None and init_weights == "paper":
             for p in rnn.parameters():
                 nn.init.zeros_(p)
-        else:
+        elif rnn is not None:
             rnn.reset_parameters()
             for name, p in rnn.named_parameters():
                 if name.startswith("bias"):
@@ -94,19 +99,21 @@ class ReadLayer(ForwardsToBaseLayer, nn.Module, BaseTunerLayer):
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         raise ValueError(
-            "READ adapters cannot be merged into the base weights: the recurrence is not a linear map of the "
-            "weights. Keep the adapter unmerged (or use `unload()` to drop it)."
+            "READ adapters cannot be merged into the base weights: the bottleneck (GELU, and the recurrence) is not a "
+            "linear map of the weights. Keep the adapter unmerged (or use `unload()` to drop it)."
         )
 
     def unmerge(self) -> None:
         """Nothing is ever merged, so there is nothing to undo."""
 
     def read_delta(self, output: torch.Tensor, adapter_name: str) -> torch.Tensor:
-        """GELU(RNN(dropout(O) W_down)) W_up for one adapter, computed in the adapter's dtype."""
+        """GELU(RNN(dropout(O) W_down)) W_up for one adapter (no RNN for rnn_type='none'), in the adapter's dtype."""
         down = self.pvread_down[adapter_name]
         x = self._cast_input_dtype(output, down.weight.dtype)
         hidden = down(self.pvread_dropout[adapter_name](x))
-        if self.pvread_axis[adapter_name] == "frames":
+        if adapter_name not in self.pvread_rnn:  # the Houlsby adapter: each token on its own
+            recurrent = hidden
+        elif self.pvread_axis[adapter_name] == "frames":
             if hidden.ndim != 3:
                 raise ValueError(
                     f"READ with recurrence_axis='frames' expects the target's output as (B*T, N, D), got shape "

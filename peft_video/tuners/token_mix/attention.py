@@ -182,6 +182,8 @@ def mixed_attention_forward(
     When eq. 8 reduces to per-frame attention (one frame, or ``strategy="none"``) the module's own forward runs, so the
     output is bit-identical to the unmixed module. Computation happens in the weights' dtype; the output is cast back.
     """
+    if mixer.strategy == "none":  # no mixing: T is not needed (nor required)
+        return call_in_own_dtype(attention, args, kwargs)
     num_frames = mixer.frames()
     if mixer.is_identity(num_frames):
         return call_in_own_dtype(attention, args, kwargs)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ...architectures import validate_blocks
 from ...video import validate_num_frames
-from .._config import PeftVideoConfig
+from .._config import PeftVideoConfig, check_choice
 from .blocks import FINETUNE_PARTS
 from .mixing import validate_cross_frame_weight, validate_num_prefix_tokens, validate_strategy
 
@@ -18,6 +19,11 @@ class TokenMixConfig(PeftVideoConfig):
 
     The encoder sees B videos of T frames as B*T images (video-major). In every block listed in ``blocks`` each
     query of each frame attends to one key/value set built across the T frames of its video (eq. 8).
+
+    ``strategy="none"`` is the paper's ablation switch (partial fine-tuning without mixing): the mixing settings
+    (``cross_frame_weight``, ``num_prefix_tokens``, ``num_frames``) are then kept and saved but unused, so one config
+    serves both rows of the ablation. ``target_modules`` is derived from ``blocks``, ``finetune`` and ``block_list``
+    at injection (and recorded); setting it is an error (narrow the selection with ``exclude_modules``).
     """
 
     method = "token_mix"
@@ -26,14 +32,14 @@ class TokenMixConfig(PeftVideoConfig):
         default=None,
         metadata={
             "help": "Frames per video T (the encoder sees B*T frames, video-major). None: set it at run time with "
-            "`peft_video.use_num_frames(T)`, which also overrides a configured value."
+            "`peft_video.use_num_frames(T)`, which also overrides a configured value. Unused with strategy='none'."
         },
     )
-    blocks: list[int] | int = field(
+    blocks: list[int] | int | Literal["all", "light"] = field(
         default_factory=lambda: [-1],
         metadata={
-            "help": "Indices of the vision blocks that mix tokens and are fine-tuned, Python style (-1: the last "
-            "block, the paper's setting). Any list of distinct blocks."
+            "help": "Vision blocks that mix tokens and are fine-tuned: a list of indices, Python style ([-1]: the last "
+            "block, the paper's setting), one index, 'all' or 'light' (the last 4)."
         },
     )
     finetune: Literal["block", "attention", "ffn", "none"] = field(
@@ -56,13 +62,14 @@ class TokenMixConfig(PeftVideoConfig):
         default=1.0,
         metadata={
             "help": "Weight w of patch keys from other frames than the query's: adds log(w) to their logits (w < 1 "
-            "favours the own frame). 1.0: no re-weighting. CLS keys are never re-weighted."
+            "favours the own frame). 1.0: no re-weighting. CLS keys are never re-weighted. Unused with strategy='none'."
         },
     )
     num_prefix_tokens: int = field(
         default=1,
         metadata={
-            "help": "Non-patch tokens at the start of each frame's sequence (1 for a CLS token, 0 for none)."
+            "help": "Non-patch tokens at the start of each frame's sequence (1 for a CLS token, 0 for none). Unused with "
+            "strategy='none'."
         },
     )
     block_list: str | None = field(
@@ -75,7 +82,15 @@ class TokenMixConfig(PeftVideoConfig):
     target_modules: list[str] | str | None = field(
         default=None,
         metadata={
-            "help": "Derived, do not set: filled in at injection with the modules wrapped for `blocks` and `finetune`."
+            "help": "Derived, do not set (an error): filled in at injection with the modules wrapped for `blocks` and "
+            "`finetune`, and saved with the adapter."
+        },
+    )
+    exclude_modules: list[str] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Names (suffix match) or a regex (full match) of modules among those `blocks` and `finetune` "
+            "select to leave alone: an excluded part is not fine-tuned, and an excluded attention does not mix."
         },
     )
     modules_to_save: list[str] | None = field(
@@ -86,31 +101,23 @@ class TokenMixConfig(PeftVideoConfig):
         },
     )
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def validate(self) -> None:
+        if self.target_modules is not None:
+            raise ValueError(
+                f"`target_modules` is derived by TokenMix from `blocks`, `finetune` and `block_list` (got "
+                f"{self.target_modules!r}); choose the blocks and parts with those, and leave some out with "
+                "`exclude_modules`"
+            )
         if self.num_frames is not None:
             validate_num_frames(self.num_frames)
-        if isinstance(self.blocks, int) and not isinstance(self.blocks, bool):
-            self.blocks = [self.blocks]
-        if (
-            not isinstance(self.blocks, (list, tuple))
-            or not self.blocks
-            or any(isinstance(b, bool) or not isinstance(b, int) for b in self.blocks)
-        ):
-            raise ValueError(
-                f"`blocks` must be a non-empty list of block indices (ints, -1: last), got {self.blocks!r}"
-            )
-        self.blocks = list(self.blocks)
-        if self.finetune not in FINETUNE_PARTS:
-            raise ValueError(f"`finetune` must be one of {FINETUNE_PARTS}, got {self.finetune!r}")
+        self.blocks = validate_blocks(self.blocks)
+        check_choice(self.finetune, "finetune", FINETUNE_PARTS)
         validate_strategy(self.strategy)
         validate_cross_frame_weight(self.cross_frame_weight)
         validate_num_prefix_tokens(self.num_prefix_tokens)
         if self.strategy == "none" and self.finetune == "none":
             raise ValueError("`strategy`='none' with `finetune`='none' adapts nothing; change one of them")
-        if self.strategy == "none" and self.cross_frame_weight != 1.0:
-            raise ValueError(
-                f"`cross_frame_weight`={self.cross_frame_weight} has no effect with `strategy`='none' (no mixing)"
-            )
-        if isinstance(self.target_modules, list):
-            self.target_modules = set(self.target_modules)
+
+    def upgrade_saved(self) -> None:
+        # the recorded target_modules are what injection derived; loading derives them again
+        self.target_modules = None

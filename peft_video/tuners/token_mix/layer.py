@@ -16,6 +16,7 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 
+from .._wrapping import ForwardsToBaseLayer
 from .attention import (
     TokenMixingAttention,
     attention_kind,
@@ -27,9 +28,10 @@ from .config import TokenMixConfig
 from .mixing import TokenMixer
 
 
-class TokenMixLayer(nn.Module, BaseTunerLayer):
+class TokenMixLayer(ForwardsToBaseLayer, nn.Module, BaseTunerLayer):
     """A module of a mixed block plus, per adapter, a trainable copy of it (``pvtmix_copy``)."""
 
+    adapter_prefix = "pvtmix_"
     adapter_layer_names: tuple[str, ...] = ("pvtmix_copy",)
     other_param_names: tuple[str, ...] = ()
 
@@ -39,16 +41,6 @@ class TokenMixLayer(nn.Module, BaseTunerLayer):
         self.pvtmix_copy = nn.ModuleDict()
         self._disable_adapters = False
         self.merged_adapters = []
-
-    def __getattr__(self, name: str) -> Any:
-        """Forward unknown attributes to the wrapped module (e.g. open_clip reads ``block.mlp.c_fc``)."""
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            base = self.__dict__.get("_modules", {}).get("base_layer")
-            if base is None or name.startswith("pvtmix_"):
-                raise
-            return getattr(base, name)
 
     def _set_copy(self, adapter_name: str, trainable_copy: bool) -> None:
         """Give ``adapter_name`` a fresh copy of the base module (or none), as a trainable stand-in for it."""

@@ -28,15 +28,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...video import flatten_frames, resolve_num_frames, unflatten_frames
+from .._config import check_choice
 
 MIXING_STRATEGIES = ("uniform_cls", "uniform", "none")
 
 
 def validate_strategy(strategy: object) -> str:
     """Return ``strategy`` or raise a ``ValueError`` naming the argument and the allowed values."""
-    if strategy not in MIXING_STRATEGIES:
-        raise ValueError(f"`strategy` must be one of {MIXING_STRATEGIES}, got {strategy!r}")
-    return strategy  # type: ignore[return-value]
+    return check_choice(strategy, "strategy", MIXING_STRATEGIES)
 
 
 def validate_cross_frame_weight(weight: object) -> float:

@@ -5,15 +5,16 @@ from __future__ import annotations
 import re
 
 from peft.config import PeftConfig
-from peft.tuners.tuners_utils import BaseTuner, _get_submodules
+from peft.tuners.tuners_utils import _get_submodules
 from torch import nn
 
+from .._wrapping import WrappingTuner
 from .blocks import plan_token_mixing
 from .config import TokenMixConfig
 from .layer import TokenMixAttentionLayer, TokenMixCopyLayer, TokenMixLayer
 
 
-class TokenMixModel(BaseTuner):
+class TokenMixModel(WrappingTuner):
     """Creates TokenMix adapters (cross-frame token mixing + partial fine-tuning) on a frame-wise image encoder.
 
     Example::
@@ -45,16 +46,17 @@ class TokenMixModel(BaseTuner):
         current_key: str,
         **optional_kwargs,
     ) -> None:
-        if isinstance(target, TokenMixLayer):
-            target.update_layer(adapter_name, peft_config)
-            return
         layer_cls = (
             TokenMixAttentionLayer if current_key in self._pvtmix_attention_targets else TokenMixCopyLayer
         )
-        new_module = layer_cls(target, adapter_name, peft_config)
-        if adapter_name not in self.active_adapters:
-            new_module.requires_grad_(False)
-        self._replace_module(parent, target_name, new_module, target)
+        self._wrap_or_update(
+            peft_config,
+            adapter_name,
+            target,
+            target_name,
+            parent,
+            lambda: layer_cls(target, adapter_name, peft_config),
+        )
 
     def _unload_and_optionally_merge(
         self,

@@ -1,8 +1,9 @@
 """``PVLACallback``: switch the PVLA loss on in a ``transformers.Trainer`` run.
 
-A callback cannot change the loss, so it attaches :func:`peft_video.alignment.capture.attach_pvla` to the model at
-train begin: capture hooks plus a forward hook on the model that adds ``weight * PVLA`` to ``output.loss`` in
-training forwards only. The Trainer then backpropagates and logs that loss as usual; the callback adds the PVLA
+It lives with the integrations (it is the Trainer's side of PVLA); the loss and the hooks it attaches live in
+:mod:`peft_video.alignment`, which never imports integrations. A callback cannot change the loss, so it attaches
+:func:`peft_video.alignment.capture.attach_pvla` to the model at train begin: capture hooks plus a forward hook on
+the model that adds ``weight * PVLA`` to ``output.loss`` in training forwards only. The Trainer then backpropagates and logs that loss as usual; the callback adds the PVLA
 term's mean since the last log as ``logs["pvla"]`` and removes every hook at train end.
 """
 
@@ -14,9 +15,9 @@ from typing import Any
 from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from ..integrations.card_info import get_card_info, set_card_info, unwrap_peft_model
-from .capture import PVLAAttachment, SingleStream, TwoTower, check_pvla_arguments
-from .pvla import PVLALoss
+from ..alignment.capture import PVLAAttachment, SingleStream, TwoTower, check_pvla_arguments
+from ..alignment.pvla import PVLALoss
+from .card_info import get_card_info, set_card_info, unwrap_peft_model
 
 __all__ = ["PVLACallback"]
 
