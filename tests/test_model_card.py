@@ -269,3 +269,42 @@ def test_task_model_records_its_backbone_in_the_adapter_config_and_card(tmp_path
     assert str(tmp_path / "clip") in card and "unnamed" not in card
     shipped = VideoTextRetrievalModel(load_clip_backbone().model)
     assert shipped.name_or_path.endswith("tiny_clip")
+
+
+def test_loading_without_import_fails_as_the_saved_config_and_card_say(tmp_path):
+    """In a process that never imported peft_video, every loading entry point raises exactly the error that
+    adapter_config.json's `how_to_load` and the card quote, so the saved files point at the cure."""
+    model = get_peft_model(tiny_clip(), peft_video.ReadConfig(num_frames=NUM_FRAMES))
+    model.save_pretrained(tmp_path / "adapter")
+    tiny_clip().save_pretrained(tmp_path / "base")
+    import json
+
+    note = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["how_to_load"]
+    assert "import peft_video" in note and "KeyError: 'PEFT_VIDEO_READ'" in note
+    assert "KeyError: 'PEFT_VIDEO_READ'" in (tmp_path / "adapter" / "README.md").read_text()
+    out = run_fresh(
+        f"""
+        import sys
+        from peft import AutoPeftModel, PeftConfig, PeftModel
+        from transformers import CLIPModel
+        adapter, base = {str(tmp_path / "adapter")!r}, {str(tmp_path / "base")!r}
+        calls = {{
+            "PeftConfig": lambda: PeftConfig.from_pretrained(adapter),
+            "PeftModel": lambda: PeftModel.from_pretrained(CLIPModel.from_pretrained(base), adapter),
+            "AutoPeftModel": lambda: AutoPeftModel.from_pretrained(adapter),
+            "load_adapter": lambda: CLIPModel.from_pretrained(base).load_adapter(adapter),
+        }}
+        for name, call in calls.items():
+            try:
+                call()
+                print(name, "loaded")
+            except Exception as error:
+                print(name, f"{{type(error).__name__}}: {{error}}")
+        assert "peft_video" not in sys.modules
+        """
+    )
+    lines = dict(line.split(" ", 1) for line in out.strip().splitlines()[-4:])
+    assert lines == {
+        name: "KeyError: 'PEFT_VIDEO_READ'"
+        for name in ("PeftConfig", "PeftModel", "AutoPeftModel", "load_adapter")
+    }

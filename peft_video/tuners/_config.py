@@ -108,6 +108,13 @@ class PeftVideoConfig(PeftConfig):
     peft_video_version: str = field(
         default=__version__, metadata={"help": "peft-video version that wrote this config (informational)."}
     )
+    how_to_load: str = field(
+        default="",
+        metadata={
+            "help": "Written into every saved adapter_config.json (informational): peft knows PEFT_VIDEO_* types only "
+            "after `import peft_video`, and the error it raises without it does not say so."
+        },
+    )
 
     def __post_init__(self) -> None:
         # peft builds a config from a saved adapter_config.json with its stored peft_type; a new one has none yet
@@ -116,6 +123,7 @@ class PeftVideoConfig(PeftConfig):
         from .._registry import peft_type_of
 
         self.peft_type = peft_type_of(self.method)
+        self.how_to_load = loading_note(getattr(self.peft_type, "value", str(self.peft_type)))
         self.target_modules = as_set(self.target_modules)
         self.exclude_modules = as_set(self.exclude_modules)
         if from_saved:
@@ -158,6 +166,22 @@ class PeftVideoConfig(PeftConfig):
                 stacklevel=3,
             )
             setattr(self, name, default)
+
+
+LOADING_ERROR = "KeyError: '{peft_type}'"
+"""What peft 0.21 raises when a process that never imported peft_video loads a peft-video adapter, from every entry
+point: ``PeftConfig.from_pretrained``, ``PeftModel.from_pretrained``, ``AutoPeftModel.from_pretrained`` and
+transformers' ``model.load_adapter`` (each looks the type up in peft's config mapping)."""
+
+
+def loading_note(peft_type: str) -> str:
+    """The note every saved ``adapter_config.json`` carries: how to load it, and the error seen without it."""
+    return (
+        f"Run `import peft_video` (pip install peft-video) before loading this adapter: peft knows the type "
+        f"{peft_type} only after it. Without it, PeftModel.from_pretrained, PeftConfig.from_pretrained, "
+        f"AutoPeftModel.from_pretrained and transformers' load_adapter fail with "
+        f"{LOADING_ERROR.format(peft_type=peft_type)}."
+    )
 
 
 def _default(f: dataclasses.Field) -> Any:
