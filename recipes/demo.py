@@ -27,7 +27,7 @@ from peft_video.tasks.retrieval import RETRIEVAL_COLUMNS, RETRIEVAL_SERIES
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from text_video_retrieval import build_parser, run  # noqa: E402  (the single-method recipe beside this file)
 
-METHODS = ("frozen", "full", "lora", "read", "rap", "token_mix", "read+pvla")
+METHODS = ("frozen", "full", "lora", "adapter", "read", "rap", "token_mix", "read+pvla")
 FULL = {"train_videos": 1024, "eval_videos": 256, "max_steps": 600}
 QUICK = {"train_videos": 512, "eval_videos": 128, "max_steps": 300}
 
