@@ -8,7 +8,7 @@ from __future__ import annotations
 import datasets
 import evaluate
 
-from peft_video.tasks.grounding.metrics.records import decode_records, encode_records, qvhighlights_scores
+from peft_video.tasks.grounding.metrics.records import JsonRecordInputs, decode_records, qvhighlights_scores
 
 _DESCRIPTION = """
 The brief metrics of QVHighlights' official scorer (jayleicn/moment_detr standalone_eval/eval.py) with its exact
@@ -45,8 +45,10 @@ Example:
 """
 
 
-class QVHighlights(evaluate.Metric):
+class QVHighlights(JsonRecordInputs, evaluate.Metric):
     """QVHighlights' official brief metrics from submission and annotation records (records kept as JSON text)."""
+
+    json_inputs = ("predictions", "references")
 
     def _info(self) -> evaluate.MetricInfo:
         return evaluate.MetricInfo(
@@ -57,19 +59,6 @@ class QVHighlights(evaluate.Metric):
                 {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
             ),
         )
-
-    def add_batch(self, *, predictions=None, references=None, **kwargs):
-        """Store a batch of records (each as JSON text)."""
-        return super().add_batch(
-            predictions=encode_records(predictions), references=encode_records(references), **kwargs
-        )
-
-    def add(self, *, prediction=None, reference=None, **kwargs):
-        """Store one record pair (each as JSON text)."""
-        prediction, reference = (
-            encode_records([x])[0] if x is not None else None for x in (prediction, reference)
-        )
-        return super().add(prediction=prediction, reference=reference, **kwargs)
 
     def _compute(
         self,

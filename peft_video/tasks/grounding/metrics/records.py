@@ -88,6 +88,28 @@ def decode_records(texts: Iterable[str]) -> list[Any]:
     return [json.loads(text) for text in texts]
 
 
+class JsonRecordInputs:
+    """``evaluate.Metric`` mixin: the inputs named in ``json_inputs`` are records stored as JSON text (their fields
+    vary, qids may be int or str, values may be numpy), encoded in ``add`` / ``add_batch``, which ``compute`` calls."""
+
+    json_inputs: tuple[str, ...] = ("references",)
+
+    def add_batch(self, *, predictions=None, references=None, **kwargs):
+        """Store a batch, the ``json_inputs`` as JSON text."""
+        batch = {"predictions": predictions, "references": references}
+        batch = {k: encode_records(v) if k in self.json_inputs else v for k, v in batch.items()}
+        return super().add_batch(**batch, **kwargs)
+
+    def add(self, *, prediction=None, reference=None, **kwargs):
+        """Store one example, the ``json_inputs`` as JSON text."""
+        one = {"predictions": prediction, "references": reference}
+        one = {
+            k: encode_records([v])[0] if k in self.json_inputs and v is not None else v
+            for k, v in one.items()
+        }
+        return super().add(prediction=one["predictions"], reference=one["references"], **kwargs)
+
+
 # -- validation ------------------------------------------------------------------------------------------------------
 
 

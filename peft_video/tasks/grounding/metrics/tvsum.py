@@ -8,7 +8,7 @@ from __future__ import annotations
 import datasets
 import evaluate
 
-from peft_video.tasks.grounding.metrics.records import decode_records, encode_records, tvsum_scores
+from peft_video.tasks.grounding.metrics.records import JsonRecordInputs, decode_records, tvsum_scores
 
 _DESCRIPTION = """
 Highlight detection on TVSum as UMT (TencentARC/UMT datasets/tvsum.py) evaluates it: for each of the annotators,
@@ -35,7 +35,7 @@ Example:
 """
 
 
-class TVSum(evaluate.Metric):
+class TVSum(JsonRecordInputs, evaluate.Metric):
     """UMT's TVSum top-5 mAP from per-clip scores and every annotator's per-clip scores."""
 
     def _info(self) -> evaluate.MetricInfo:
@@ -50,15 +50,6 @@ class TVSum(evaluate.Metric):
                 }
             ),
         )
-
-    def add_batch(self, *, predictions=None, references=None, **kwargs):
-        """Store a batch (reference records as JSON text)."""
-        return super().add_batch(predictions=predictions, references=encode_records(references), **kwargs)
-
-    def add(self, *, prediction=None, reference=None, **kwargs):
-        """Store one video (its reference record as JSON text)."""
-        reference = encode_records([reference])[0] if reference is not None else None
-        return super().add(prediction=prediction, reference=reference, **kwargs)
 
     def _compute(
         self, predictions, references, top_k: int = 5, decimals: int | None = None

@@ -9,8 +9,8 @@ import datasets
 import evaluate
 
 from peft_video.tasks.grounding.metrics.records import (
+    JsonRecordInputs,
     decode_records,
-    encode_records,
     youtube_highlights_scores,
 )
 
@@ -36,7 +36,7 @@ Example:
 """
 
 
-class YouTubeHighlights(evaluate.Metric):
+class YouTubeHighlights(JsonRecordInputs, evaluate.Metric):
     """UMT's YouTube Highlights mAP from per-clip scores and clip labels."""
 
     def _info(self) -> evaluate.MetricInfo:
@@ -51,15 +51,6 @@ class YouTubeHighlights(evaluate.Metric):
                 }
             ),
         )
-
-    def add_batch(self, *, predictions=None, references=None, **kwargs):
-        """Store a batch (reference records as JSON text)."""
-        return super().add_batch(predictions=predictions, references=encode_records(references), **kwargs)
-
-    def add(self, *, prediction=None, reference=None, **kwargs):
-        """Store one video (its reference record as JSON text)."""
-        reference = encode_records([reference])[0] if reference is not None else None
-        return super().add(prediction=prediction, reference=reference, **kwargs)
 
     def _compute(self, predictions, references, decimals: int | None = None) -> dict[str, float]:
         return youtube_highlights_scores(predictions, decode_records(references), decimals=decimals)
