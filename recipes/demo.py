@@ -18,9 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from transformers.utils import logging as hf_logging
-
-from peft_video.tasks.cli import run_recipe
+from peft_video.tasks.cli import quiet_libraries, run_recipe
 from peft_video.tasks.report import aggregate_seeds, markdown_table, write_results
 from peft_video.tasks.retrieval import RETRIEVAL_COLUMNS, RETRIEVAL_SERIES
 
@@ -56,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output-dir", type=Path, default=Path("outputs") / "demo")
     parser.add_argument("--quiet", action="store_true", help="no progress bars (for CI logs)")
     args = parser.parse_args(argv)
-    hf_logging.set_verbosity_error()
+    quiet_libraries(args.quiet)
     budget = dict(QUICK if args.quick else FULL)
     if args.max_steps is not None:
         budget["max_steps"] = args.max_steps

@@ -19,9 +19,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from transformers.utils import logging as hf_logging
-
-from peft_video.tasks.cli import run_recipe
+from peft_video.tasks.cli import quiet_libraries, run_recipe
 from peft_video.tasks.features import (
     LAYOUTS,
     ClipFeatureExtractor,
@@ -119,9 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     the process with one line on stderr and exit code 2."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")  # skipped videos are logged as warnings
     args = build_parser().parse_args(argv)
-    hf_logging.set_verbosity_error()
-    if args.quiet:
-        hf_logging.disable_progress_bar()
+    quiet_libraries(args.quiet)
     run(args)
 
 

@@ -22,12 +22,11 @@ from typing import Any
 
 import torch
 from transformers import PrinterCallback, TrainingArguments
-from transformers.utils import logging as hf_logging
 
 import peft_video
 from peft_video.data import VideoTextCollator, load_video_text_dataset, make_video_dataset
 from peft_video.tasks import METHODS, load_clip_backbone, prepare_model, trainable_parameters
-from peft_video.tasks.cli import positive_int, run_recipe
+from peft_video.tasks.cli import positive_int, quiet_libraries, run_recipe
 from peft_video.tasks.methods import DEFAULT_LEARNING_RATES, SELECTIVE_METHODS, save_trainable
 from peft_video.tasks.report import write_results
 from peft_video.tasks.retrieval import (
@@ -167,6 +166,7 @@ def check_args(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Train (unless nothing is trainable), evaluate, and return the result row."""
     check_args(args)
+    quiet_libraries(args.quiet)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     name = args.method + ("+pvla" if args.pvla else "")
@@ -243,7 +243,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
-    hf_logging.set_verbosity_error()
     row = run(args)
     output_dir = args.output_dir or Path("outputs") / "retrieval" / row["method"]
     paths = write_results(

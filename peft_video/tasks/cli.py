@@ -39,3 +39,15 @@ def positive_int(value: object, argument: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"`{argument}` must be a positive integer, got {value!r}")
     return value
+
+
+def quiet_libraries(quiet: bool) -> None:
+    """Keep library chatter out of a recipe's output: transformers' warnings always (errors still show); with
+    ``quiet`` also the progress bars of transformers (weight loading) and datasets (map, filter)."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    if quiet:
+        hf_logging.disable_progress_bar()
+        datasets.disable_progress_bars()
