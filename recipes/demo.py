@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         nargs="+",
         default=[0],
-        help="seeds to run every method with; with several, the table gives mean ± standard deviation",
+        help="seeds to run every method with; with several, the table gives the mean and (min–max) over them",
     )
     parser.add_argument("--output-dir", type=Path, default=Path("outputs") / "demo")
     parser.add_argument("--quiet", action="store_true", help="no progress bars (for CI logs)")

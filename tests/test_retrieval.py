@@ -356,7 +356,7 @@ def test_seed_aggregation_gives_mean_and_spread_in_the_table(tmp_path):
         and rows[0]["t2v_R@1_runs"] == [10, 20, 30]
     )
     table = markdown_table(rows, RETRIEVAL_COLUMNS)
-    assert "| read | 10 | 20.0 ± 10.0 | 70.0 ± 10.0 | — | — |" in table
+    assert "| read | 10 | 20.0 (10.0–30.0) | 70.0 (60.0–80.0) | — | — |" in table
     assert "| frozen | 0 | 5.0 | 50.0 | — | — |" in table  # one run: no spread printed
     paths = write_results(rows, tmp_path, RETRIEVAL_COLUMNS, RETRIEVAL_SERIES, runs=runs)
     assert json.loads(paths["json"].read_text())["runs"][0]["seed"] == 0

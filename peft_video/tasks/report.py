@@ -53,8 +53,9 @@ def aggregate_seeds(
     rows: Sequence[dict[str, Any]], keys: Sequence[str], by: str = "method"
 ) -> list[dict[str, Any]]:
     """One row per ``by`` value (in first-seen order): each numeric key in ``keys`` becomes the mean over the runs,
-    with its sample standard deviation under ``<key>_std`` (0 for a single run) and the run values under
-    ``<key>_runs``; other fields are taken from the first run, and ``seeds`` counts the runs."""
+    with its sample standard deviation under ``<key>_std`` (0 for a single run), its range under ``<key>_min`` /
+    ``<key>_max`` and the run values under ``<key>_runs``; other fields are taken from the first run, and ``seeds``
+    counts the runs."""
     groups: dict[Any, list[dict[str, Any]]] = {}
     for row in rows:
         if by not in row:
@@ -71,14 +72,15 @@ def aggregate_seeds(
                 continue
             merged[key] = statistics.fmean(values)
             merged[key + SPREAD_SUFFIX] = statistics.stdev(values) if len(values) > 1 else 0.0
+            merged[key + "_min"], merged[key + "_max"] = min(values), max(values)
             merged[key + "_runs"] = values
         summary.append(merged)
     return summary
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> str:
-    """A markdown table with one row per result. A value with a ``<key>_std`` beside it (from
-    :func:`aggregate_seeds`) prints as ``mean ± std``; a missing or None value prints as an em dash."""
+    """A markdown table with one row per result. A value aggregated over several seeds (:func:`aggregate_seeds`)
+    prints as ``mean (min–max)``, the range over the seeds; a missing or None value prints as an em dash."""
     lines = ["| " + " | ".join(c.title for c in columns) + " |", "|" + " --- |" * len(columns)]
     for row in rows:
         cells = []
@@ -88,9 +90,9 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) ->
                 cells.append("—")
                 continue
             cell = column.fmt(value)
-            spread = row.get(column.key + SPREAD_SUFFIX)
-            if spread is not None and row.get(SEEDS_KEY, 1) > 1:
-                cell += " ± " + column.fmt(spread).lstrip()
+            low, high = row.get(column.key + "_min"), row.get(column.key + "_max")
+            if low is not None and high is not None and row.get(SEEDS_KEY, 1) > 1:
+                cell += f" ({column.fmt(low)}–{column.fmt(high)})"
             cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
