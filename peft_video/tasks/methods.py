@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from peft import LoraConfig, PeftConfig, get_peft_model
@@ -96,3 +97,39 @@ def check_method(method: object) -> str:
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
     return method
+
+
+@dataclass(frozen=True)
+class MethodTargets:
+    """What the method registry needs to know about a task model. Names are dotted module (or parameter) names
+    relative to the task model; a `str` target is a regex (full match, as peft), a tuple a list of name suffixes."""
+
+    backbone: tuple[str, ...] = ("",)
+    """Modules holding the pretrained weights ("" = the whole model). `bitfit` trains the biases inside them."""
+    blocks: tuple[str, ...] = ()
+    """Dotted paths of the nn.ModuleLists of transformer blocks; `partial` trains the last N blocks of each
+    (`--partial-blocks N`, default 1)."""
+    projections: tuple[str, ...] = ()
+    """Module or parameter names that `proj` trains (the final projection(s) / prediction heads)."""
+    new_modules: tuple[str, ...] = ()
+    """Modules the pretrained checkpoint does not have (a fusion layer, input projections re-built for new feature
+    widths): every method trains them, peft methods through `modules_to_save`; `frozen` trains them too (so
+    `frozen` = "the pretrained part frozen"); with none, `frozen` trains nothing (zero-shot)."""
+    lora: str | tuple[str, ...] | None = None
+    """peft LoRA `target_modules` (attention and FFN Linear layers); None: LoRA does not apply."""
+    ia3: str | tuple[str, ...] | None = None
+    ia3_feedforward: str | tuple[str, ...] | None = None
+    """peft IA3 `target_modules` / `feedforward_modules` (the FFN's input-side Linear layers among them)."""
+    read: str | tuple[str, ...] | None = None
+    """READ and `adapter` (ReadConfig(rnn_type="none")) target_modules: the FFN modules whose output O is adapted."""
+    read_axis: str = "tokens"
+    """READ's recurrence axis: "tokens" (over a (B, L, D) sequence) or "frames" (frame-wise vision towers)."""
+    num_frames: int | None = None
+    """Frames per video for frame-wise towers (READ frames axis, RAP, TokenMix)."""
+    prompt_task_type: str | None = None
+    """peft TaskType for `prompt` (peft prompt tuning), e.g. "SEQ_2_SEQ_LM"; None: prompt tuning does not apply."""
+    token_mix: dict | None = None
+    """TokenMixConfig keyword arguments when TokenMix applies (a frame-wise vision tower), e.g. {"block_list": ...,
+    "modules_to_save": [...]}; None: it does not apply."""
+    rap: bool = False
+    """RAP applies (two-tower CLIP retrieval only)."""
