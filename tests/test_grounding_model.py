@@ -215,6 +215,19 @@ def test_defaults_are_moment_detr_size():
         GroundingConfig(hidden_size=30, num_attention_heads=4)
 
 
+def test_initialisation_is_moment_detr_s():
+    model = GroundingModel(GroundingConfig(video_feature_dim=64, text_feature_dim=64))
+    layer = model.encoder.layers[0]
+    xavier = math.sqrt(6 / (256 + 256))
+    assert 0.9 * xavier < layer.self_attn.q_proj.weight.abs().max() <= xavier  # Xavier inside the blocks
+    assert layer.self_attn.v_proj.bias.abs().max() == 0
+    ffn_xavier = math.sqrt(6 / (256 + 1024))
+    assert 0.9 * ffn_xavier < model.decoder.layers[1].ffn.fc2.weight.abs().max() <= ffn_xavier
+    default = 1 / math.sqrt(256)  # PyTorch's Linear default elsewhere
+    assert 0.9 * default < model.span_head.layers[0].weight.abs().max() <= default
+    assert 0.8 < model.query_embed.weight.std() < 1.2
+
+
 def test_forward_shapes_and_loss_terms():
     model = small_model()
     out = model(**labelled_batch())
@@ -367,6 +380,37 @@ def test_peft_methods_train_only_their_parameters(method):
         optimizer.step()
     changed = {n for n, p in peft_model.named_parameters() if not torch.equal(p, before[n])}
     assert changed and changed <= trainable
+
+
+def test_a_read_adapter_with_rebuilt_projections_saves_and_reloads_only_its_own_weights(tmp_path):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    small_model().save_pretrained(tmp_path / "backbone")
+    model = GroundingModel.from_pretrained(tmp_path / "backbone", text_feature_dim=TEXT_DIM + 4)
+    targets = model.method_targets()
+    peft_model = get_peft_model(
+        model,
+        peft_video.ReadConfig(target_modules=targets.read, r=4, modules_to_save=list(targets.new_modules)),
+    )
+    batch = labelled_batch()
+    batch["text_features"] = torch.randn(3, 6, TEXT_DIM + 4)
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        optimizer.zero_grad()
+        peft_model(**batch).loss.backward()
+        optimizer.step()
+    peft_model.save_pretrained(tmp_path / "adapter")
+    saved = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert saved and all("pvread_" in k or "text_projection" in k for k in saved)
+    peft_model.eval()
+    with torch.no_grad():
+        expected = peft_model(**batch).pred_spans
+    torch.manual_seed(123)  # the reloaded backbone's new projection starts different; the adapter restores it
+    fresh = GroundingModel.from_pretrained(tmp_path / "backbone", text_feature_dim=TEXT_DIM + 4)
+    reloaded = PeftModel.from_pretrained(fresh, tmp_path / "adapter").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch).pred_spans, expected)
 
 
 def test_zero_initialised_read_and_adapter_leave_the_outputs_unchanged():

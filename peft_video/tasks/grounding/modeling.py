@@ -94,6 +94,8 @@ class GroundingAttention(nn.Module):
         self.k_proj = nn.Linear(hidden_size, hidden_size)
         self.v_proj = nn.Linear(hidden_size, hidden_size)
         self.out_proj = nn.Linear(hidden_size, hidden_size)
+        for linear in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
+            linear._grounding_init = "attention"  # see GroundingModel._init_weights
 
     def _heads(self, x: Tensor) -> Tensor:
         batch, length, _ = x.shape
@@ -121,6 +123,8 @@ class FeedForward(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(hidden_size, intermediate_size)
         self.fc2 = nn.Linear(intermediate_size, hidden_size)
+        for linear in (self.fc1, self.fc2):
+            linear._grounding_init = "ffn"  # see GroundingModel._init_weights
         self.dropout = nn.Dropout(dropout)
         self.activation = F.relu if activation == "relu" else F.gelu
 
@@ -349,25 +353,27 @@ class GroundingModel(PreTrainedModel):
     # ------------------------------------------------------------------------------------------ initialisation
 
     def _init_weights(self, module: nn.Module) -> None:
-        """Moment-DETR's initialisation: Xavier-uniform matrices inside the transformer blocks, PyTorch's default
-        Linear initialisation elsewhere (projections, heads), unit-normal moment queries, identity LayerNorms."""
+        """Moment-DETR's initialisation: Xavier-uniform matrices inside the transformer blocks (zero attention biases,
+        as ``nn.MultiheadAttention``), PyTorch's default Linear initialisation elsewhere (projections, heads, FFN
+        biases), unit-normal moment queries, identity LayerNorms. Block Linear layers carry a ``_grounding_init``
+        mark because transformers calls this per module with parameters, never on the blocks themselves."""
         if isinstance(module, nn.Linear):
-            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            kind = getattr(module, "_grounding_init", None)
+            bound = 1 / math.sqrt(module.in_features)
+            if kind is None:
+                init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            else:
+                init.xavier_uniform_(module.weight)
             if module.bias is not None:
-                bound = 1 / math.sqrt(module.in_features)
-                init.uniform_(module.bias, -bound, bound)
+                if kind == "attention":
+                    init.zeros_(module.bias)
+                else:
+                    init.uniform_(module.bias, -bound, bound)
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             init.normal_(module.weight, mean=0.0, std=1.0)
-        elif isinstance(module, (GroundingEncoderLayer, GroundingDecoderLayer)):
-            # runs after the layer's own Linear children (post-order), overriding their default init
-            for sub in module.modules():
-                if isinstance(sub, nn.Linear):
-                    init.xavier_uniform_(sub.weight)
-                    if sub.bias is not None:
-                        init.zeros_(sub.bias)
 
     # ------------------------------------------------------------------------------------- feature widths
 
