@@ -22,9 +22,11 @@ from .data import (
     parse_record,
     saliency_pairs,
 )
+from .encode import FrameClipEncoder
 from .formats import load_highlight_dataset, load_qvhighlights, read_jsonl
 from .inference import decode_moments, predict_dataset, predict_features, sliding_windows, temporal_nms
 from .modeling import GroundingModel, GroundingOutput
+from .predictor import GroundingPredictor
 from .synthetic import DOMAINS, TARGET_DOMAINS, build_split, build_world, make_video
 from .training import DEFAULT_PVLA_WEIGHT, GroundingTrainer
 
@@ -36,11 +38,13 @@ __all__ = [
     "DEFAULT_PVLA_WEIGHT",
     "DOMAINS",
     "TARGET_DOMAINS",
+    "FrameClipEncoder",
     "GroundingCollator",
     "GroundingConfig",
     "GroundingDataset",
     "GroundingModel",
     "GroundingOutput",
+    "GroundingPredictor",
     "GroundingRecord",
     "GroundingTrainer",
     "InMemoryFeatures",

@@ -12,7 +12,7 @@ right", then "moves right to left"); one clip's feature shows a shape at one pla
 tells these two queries' windows apart (``extra["order_dependent"]``). A query whose event happens twice in one
 video gets both windows.
 
-Domains: ``source`` (horizontal and vertical moves of red, green, blue and yellow shapes) pretrains the shipped
+Domains: ``source`` (horizontal and vertical moves of red, green, blue and yellow shapes; 600 training videos) pretrains the shipped
 tiny grounding model; the targets, each a low-resource task like a YouTube Highlights domain (40 training videos),
 bring new events (``size``: grows / shrinks; ``approach``: moves towards / away from another shape, each video
 also holding one source-like move now and then) or new attributes (``colours``: the source's moves by purple and
@@ -92,7 +92,7 @@ DOMAINS: dict[str, GroundingDomain] = {
 }
 TARGET_DOMAINS: tuple[str, ...] = ("size", "approach", "colours")
 DEFAULT_SIZES: dict[str, dict[str, int]] = {
-    "source": {"train": 400, "validation": 50, "test": 100},
+    "source": {"train": 600, "validation": 50, "test": 100},
     **{name: {"train": 40, "validation": 20, "test": 60} for name in TARGET_DOMAINS},
 }
 """Videos per split: the source pretrains; each target is low-resource (40 training videos, like a YouTube
