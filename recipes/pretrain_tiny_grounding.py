@@ -7,8 +7,9 @@ Moment-DETR's architecture at hidden size 64 (:func:`peft_video.tasks.grounding.
 moment retrieval and highlight detection from the source domain's first 600 training videos (horizontal and vertical
 moves of red, green, blue and yellow shapes), with Moment-DETR's losses, AdamW (peak learning rate 5e-4, linear
 warm-up and cosine decay over 3000 steps of 32 queries) and gradient clipping 0.1: about 4 CPU-minutes on one
-thread. The same seed and thread count give the same bytes on the same machine. The record (``pretraining.json``) lists the
-zero-shot scores on the source test split and on every target domain's test split, with their chance levels.
+thread. The same seed and thread count give the same bytes on the same machine. The record (``pretraining.json``)
+lists the zero-shot scores on the source test split and on every target domain's test split, with their chance
+levels.
 """
 
 from __future__ import annotations
