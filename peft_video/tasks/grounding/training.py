@@ -31,8 +31,10 @@ LABEL_NAMES: list[str] = ["span_labels", "span_mask", "saliency_pos_labels", "sa
 LOSS_TERMS: tuple[str, ...] = ("loss_span", "loss_giou", "loss_label", "loss_saliency")
 
 DEFAULT_PVLA_WEIGHT = 0.1
-"""PVLA's weight in the grounding loss. The paper's public code weights it 1e-2 in this task, beside UMT's losses;
-see NOTES / the README for how 0.1 was chosen for this model's loss scale."""
+"""PVLA's weight in the grounding loss (the paper's public code uses 1e-2 beside UMT's losses). 0.1 is the largest
+weight that left the task loss unchanged when fine-tuning READ from the tiny model on the synthetic targets
+(``colours``, ``approach``; weights 0, 0.01, 0.1, 1, two seeds each): validation R1@0.5 moved by no more than the
+seeds did at any weight, while weight 1 raised the final task loss on ``approach`` (2.7 against 2.2-2.3)."""
 
 
 class GroundingTrainer(Trainer):
