@@ -413,6 +413,57 @@ def test_a_read_adapter_with_rebuilt_projections_saves_and_reloads_only_its_own_
         torch.testing.assert_close(reloaded(**batch).pred_spans, expected)
 
 
+SELECTED = {
+    "frozen": lambda n: False,
+    "full": lambda n: True,
+    "bitfit": lambda n: n.endswith("bias"),
+    "partial": lambda n: n.startswith(("encoder.layers.1.", "decoder.layers.1.")),
+    "proj": lambda n: n.startswith(("class_head.", "span_head.", "saliency_head.")),
+}
+PEFT_OWN = {"lora": "lora_", "ia3": "ia3_", "adapter": "pvread_", "read": "pvread_"}
+
+
+@pytest.mark.parametrize("method", [*SELECTED, *PEFT_OWN])
+def test_every_registry_method_trains_and_saves_only_its_own_parameters(method, tmp_path):
+    from peft_video.tasks import methods
+
+    if not hasattr(methods, "selected_parameters"):
+        pytest.skip("the method registry (prepare_model with every method) is not on this branch's base")
+    if method == "adapter" and "none" not in peft_video.tuners.read.config.RNN_TYPES:
+        pytest.skip("ReadConfig(rnn_type='none') is not on this branch's base")
+    model = small_model()
+    model.rebuild_input_projections(text_feature_dim=TEXT_DIM + 4)
+    prepared = methods.prepare_model(model, method)
+    trainable = _trainable(prepared)
+    new = {n for n in trainable if "text_projection" in n}
+    assert new, "the rebuilt projection must train under every method"
+    if method in SELECTED:
+        expected = {
+            n for n, _ in model.named_parameters() if SELECTED[method](n) or n.startswith("text_projection")
+        }
+        assert trainable == expected
+    else:
+        assert all(PEFT_OWN[method] in n for n in trainable - new) and trainable - new
+    batch = labelled_batch()
+    batch["text_features"] = torch.randn(3, 6, TEXT_DIM + 4)
+    before = {n: p.detach().clone() for n, p in prepared.named_parameters()}
+    optimizer = torch.optim.AdamW([p for p in prepared.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        optimizer.zero_grad()
+        prepared(**batch).loss.backward()
+        optimizer.step()
+    changed = {n for n, p in prepared.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and changed <= trainable
+    if method in SELECTED:
+        methods.save_trainable(prepared, tmp_path, method)
+        from safetensors.torch import load_file
+
+        assert set(load_file(tmp_path / methods.TRAINABLE_WEIGHTS)) == trainable
+    for other in ("prompt", "rap", "token_mix"):
+        with pytest.raises(ValueError, match=f"method '{other}' does not apply to GroundingModel"):
+            methods.prepare_model(small_model(), other)
+
+
 def test_zero_initialised_read_and_adapter_leave_the_outputs_unchanged():
     batch = random_batch()
     base = small_model().eval()
@@ -454,9 +505,7 @@ def test_read_recurs_over_the_clip_sequence_without_crossing_into_the_query():
 def test_pvla_reads_every_encoder_block_split_into_clips_and_query_tokens():
     model = small_model()
     batch = labelled_batch()
-    with attach_pvla(
-        model, PVLALoss(max_iter=50), model.pvla_source(), weight=0.5, add_to_loss=False
-    ) as pvla:
+    with attach_pvla(model, PVLALoss(max_iter=50), model.pvla_source(), add_to_loss=False) as pvla:
         captured = {}
         original = pvla._representations
 

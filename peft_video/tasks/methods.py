@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from peft import LoraConfig, PeftConfig, get_peft_model
@@ -133,3 +133,5 @@ class MethodTargets:
     "modules_to_save": [...]}; None: it does not apply."""
     rap: bool = False
     """RAP applies (two-tower CLIP retrieval only)."""
+    notes: dict[str, str] = field(default_factory=dict)
+    """Why a method does not apply (method -> reason), for the error message."""

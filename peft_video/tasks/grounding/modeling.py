@@ -459,6 +459,11 @@ class GroundingModel(PreTrainedModel):
             ia3_feedforward=rf"{_LAYERS}\.ffn\.fc2",
             read=rf"{_LAYERS}\.ffn",
             read_axis="tokens",
+            notes={
+                "prompt": "it reads pre-extracted clip and query token features, not token ids",
+                "rap": "RAP is for two-tower CLIP retrieval",
+                "token_mix": "it has no frame-wise vision tower",
+            },
         )
 
     def pvla_source(self) -> SingleStream:
