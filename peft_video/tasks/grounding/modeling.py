@@ -323,7 +323,7 @@ def _joint_mask(inputs: Mapping[str, Any]) -> Tensor:
 class GroundingModel(PreTrainedModel):
     """Moment-DETR-style moment retrieval and highlight detection over pre-extracted clip and query features.
 
-    ``forward(video_features, video_mask, text_features, text_mask)`` returns spans, foreground logits and clip
+    ``forward(video_features, text_features, video_mask, text_mask)`` returns spans, foreground logits and clip
     saliency; with ``span_labels`` / ``span_mask`` and / or ``saliency_pos_labels`` / ``saliency_neg_labels`` it
     also returns the loss (so ``transformers.Trainer`` trains it as is). Masks are True / 1 at real clips / tokens.
 
