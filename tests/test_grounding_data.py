@@ -103,6 +103,20 @@ def test_the_model_appends_two_temporal_endpoint_dims_to_loaded_features(tmp_pat
     )
 
 
+def test_records_turn_back_into_annotation_rows():
+    record = parse_record({**QV_ROW, "domain": "x"}, clip_length=2.0)
+    row = record.as_annotation()
+    assert row == {
+        **QV_ROW,
+        "duration": 20.0,
+        "domain": "x",
+        "saliency_scores": [[4.0, 3.0, 2.0], [1.0, 0.0, 2.0], [3.0, 3.0, 3.0]],
+    }
+    assert parse_record(row, clip_length=2.0) == record
+    bare = parse_record({k: QV_ROW[k] for k in ("qid", "query", "duration", "vid")}, clip_length=2.0)
+    assert set(bare.as_annotation()) == {"qid", "query", "duration", "vid"}
+
+
 def test_test_split_rows_without_labels_load_for_prediction_only(tmp_path):
     row = {k: QV_ROW[k] for k in ("qid", "query", "duration", "vid")}
     annotations, dirs, query_dir, _ = write_qv_layout(tmp_path, [row])

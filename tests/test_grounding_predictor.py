@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -205,6 +206,23 @@ def test_tiny_model_beats_chance_zero_shot_on_the_source_test_split(tiny, encode
     assert hit1(rows, records) > 0.4 > 4 * chance_hit1(records, 2.0)
     ordered = [r for r in records if r.extra["order_dependent"]]
     assert top1_recall(rows, ordered, 0.5) > 0.25  # the order pairs need the clips' order
+
+
+def test_predictions_score_with_the_official_qvhighlights_scorer(tiny, encoder):
+    metrics = pytest.importorskip("peft_video.metrics")
+    try:
+        scorer = metrics.load("qvhighlights")
+    except (KeyError, ValueError, FileNotFoundError) as error:
+        pytest.skip(f"the QVHighlights scorer is not on this branch's base: {error}")
+    data = build_split("source", "test", 20, encoder=encoder)
+    rows = predict_dataset(tiny, data)
+    scores = scorer.compute(
+        predictions=rows, references=[r.as_annotation() for r in data.records], decimals=None
+    )
+    assert math.isclose(scores["MR-full-R1@0.5"], 100 * top1_recall(rows, data.records, 0.5), abs_tol=1e-9)
+    assert math.isclose(scores["MR-full-R1@0.7"], 100 * top1_recall(rows, data.records, 0.7), abs_tol=1e-9)
+    assert math.isclose(scores["HL-min-VeryGood-Hit1"], 100 * hit1(rows, data.records), abs_tol=1e-9)
+    assert scores["MR-full-mAP"] > 30
 
 
 def test_pretraining_record_matches_the_recipe():

@@ -68,6 +68,20 @@ class GroundingRecord:
     has_labels: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict)
 
+    def as_annotation(self) -> dict[str, Any]:
+        """The record as a QVHighlights annotation row (the grounding scorers' ``references``), extra fields kept."""
+        row: dict[str, Any] = {
+            "qid": self.qid,
+            "query": self.query,
+            "duration": self.duration,
+            "vid": self.vid,
+        }
+        if self.has_labels:
+            row["relevant_windows"] = [list(w) for w in self.windows]
+            row["relevant_clip_ids"] = list(self.clip_ids)
+            row["saliency_scores"] = [list(s) for s in self.saliency]
+        return {**row, **self.extra}
+
 
 def _fail(qid: object, message: str) -> ValueError:
     return ValueError(f"grounding record qid={qid!r}: {message}")
