@@ -1,43 +1,45 @@
-"""The demo: train and evaluate every method on the synthetic video-text world, then print the comparison table.
+"""The demo: every task's comparison of methods on its synthetic world, in a reduced form, with the shipped tiny
+pretrained backbones; nothing is downloaded.
 
-    python recipes/demo.py              # every method, a few minutes on 2 CPU cores; results in outputs/demo/
-    python recipes/demo.py --quick      # a reduced run (what tests/test_demo.py checks)
+    python recipes/demo.py                          # every task, seed 0 (README's first command); outputs/demo/
+    python recipes/demo.py --seeds 0 1 2            # the runs behind README's tables (mean and range over seeds)
+    python recipes/demo.py --tasks retrieval --quick  # a reduced run of one task (what tests/test_demo.py checks)
 
-Each method fine-tunes the shipped tiny CLIP (pretrained on still frames only) for the same number of steps on
-videos of moving, growing, appearing shapes, and is scored on held-out (colour, shape, event) combinations: t2v R@1
-and the accuracy on order-only pairs (a clip and its time-reversal, captions that differ only in temporal order).
-Frame-wise methods with mean pooling give a clip and its reversal the same embedding, so they sit at 50% there.
-Every trained method also trains the text tower's word embeddings (the retrieval recipe's default): the event words
-(moves, grows, appears, ...) never occur in the still-frame captions the tiny CLIP was pretrained on.
+Each task's part lives beside its recipe (a ``demo()`` function in ``recipes/<task recipe>.py``): it trains every
+method it compares for the same budget and scores it on held-out data. Retrieval: the shipped tiny CLIP (pretrained on
+still frames only) on videos of moving, growing, appearing shapes, scored by t2v R@1 and order-only pairs (a clip and
+its time-reversal; frame-wise methods with mean pooling sit at exactly 50% there).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 from pathlib import Path
 
 from peft_video.tasks.cli import quiet_libraries, run_recipe
 from peft_video.tasks.report import aggregate_seeds, markdown_table, write_results
-from peft_video.tasks.retrieval import RETRIEVAL_COLUMNS, RETRIEVAL_SERIES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from text_video_retrieval import build_parser, run  # noqa: E402  (the single-method recipe beside this file)
 
-METHODS = ("frozen", "full", "lora", "adapter", "read", "rap", "token_mix", "read+pvla")
-FULL = {"train_videos": 1024, "eval_videos": 256, "max_steps": 600}
-QUICK = {"train_videos": 512, "eval_videos": 128, "max_steps": 300}
+TASK_RECIPES: dict[str, str] = {
+    "retrieval": "text_video_retrieval",
+}
+"""Each task of the demo and the recipe module (beside this file) whose ``demo()`` runs its part."""
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="reduced run: fewer videos and steps")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--max-steps", type=int, default=None, help="override the steps per method")
-    parser.add_argument("--pvla-weight", type=float, default=0.1, help="PVLA weight of the read+pvla row")
+    parser.add_argument("--tasks", nargs="+", default=list(TASK_RECIPES), choices=list(TASK_RECIPES))
+    parser.add_argument("--quick", action="store_true", help="reduced runs: fewer videos and steps")
+    parser.add_argument(
+        "--methods", nargs="+", default=None, help="only these methods (names as in the tables)"
+    )
+    parser.add_argument("--max-steps", type=int, default=None, help="override every task's steps per method")
     parser.add_argument(
         "--threads",
         type=int,
@@ -49,54 +51,36 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         nargs="+",
         default=[0],
-        help="seeds to run every method with; with several, the table gives the mean and (min–max) over them",
+        help="seeds to run every method with; with several, the tables give the mean and (min–max) over them",
     )
     parser.add_argument("--output-dir", type=Path, default=Path("outputs") / "demo")
     parser.add_argument("--quiet", action="store_true", help="no progress bars (for CI logs)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     quiet_libraries(args.quiet)
-    budget = dict(QUICK if args.quick else FULL)
-    if args.max_steps is not None:
-        budget["max_steps"] = args.max_steps
-
-    runs, start = [], time.perf_counter()
-    for seed in args.seeds:
-        for method in args.methods:
-            base, pvla = (method.split("+")[0], args.pvla_weight) if "+pvla" in method else (method, 0.0)
-            run_args = build_parser().parse_args(
-                [
-                    *("--method", base, "--pvla", str(pvla), "--seed", str(seed)),
-                    *("--threads", str(args.threads), "--max-steps", str(budget["max_steps"])),
-                    *(
-                        "--train-videos",
-                        str(budget["train_videos"]),
-                        "--eval-videos",
-                        str(budget["eval_videos"]),
-                    ),
-                    *("--output-dir", str(args.output_dir / f"seed{seed}" / method)),
-                    *(["--quiet"] if args.quiet else []),
-                ]
-            )
-            began = time.perf_counter()
-            row = run(run_args)
-            row.update(method=method, seed=seed, wall_seconds=time.perf_counter() - began)
-            runs.append(row)
-            print(
-                f"{method:10s} seed {seed}: order-only v2t {100 * row.get('order_v2t', float('nan')):5.1f}%  "
-                f"t2v R@1 {row['t2v_R@1']:5.1f}%  ({row['wall_seconds']:.0f} s)",
-                flush=True,
-            )
-    rows = aggregate_seeds(runs, ["t2v_R@1", "order_v2t", "order_t2v", "seconds_per_step"])
-
-    total = time.perf_counter() - start
-    title = (
-        f"peft-video demo: {len(rows)} methods x {len(args.seeds)} seed(s), {budget['max_steps']} steps each, "
-        f"{total:.0f} s in all"
-    )
-    paths = write_results(rows, args.output_dir, RETRIEVAL_COLUMNS, RETRIEVAL_SERIES, title=title, runs=runs)
-    print()
-    print(markdown_table(rows, RETRIEVAL_COLUMNS))
-    print(f"{title}; results, table and plot in {args.output_dir}/ ({paths['plot'].name})")
+    start = time.perf_counter()
+    for task in args.tasks:
+        began = time.perf_counter()
+        part = importlib.import_module(TASK_RECIPES[task]).demo(
+            seeds=args.seeds,
+            quick=args.quick,
+            quiet=args.quiet,
+            threads=args.threads,
+            output_dir=args.output_dir / task,
+            methods=args.methods,
+            max_steps=args.max_steps,
+        )
+        rows = aggregate_seeds(part["runs"], part["keys"])
+        title = f"{part['title']}, {len(args.seeds)} seed(s), {time.perf_counter() - began:.0f} s"
+        paths = write_results(
+            rows, args.output_dir / task, part["columns"], part["series"], title, runs=part["runs"]
+        )
+        print(f"\n### {title}\n\n{markdown_table(rows, part['columns'])}")
+        print(f"results, table and plot in {paths['json'].parent}/", flush=True)
+    print(f"\npeft-video demo: {', '.join(args.tasks)} in {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":

@@ -241,6 +241,58 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return row
 
 
+DEMO_METHODS = ("frozen", "full", "lora", "adapter", "read", "rap", "token_mix", "read+pvla")
+DEMO_BUDGET = {"train_videos": 1024, "eval_videos": 256, "max_steps": 600}
+DEMO_QUICK = {"train_videos": 512, "eval_videos": 128, "max_steps": 300}
+DEMO_PVLA_WEIGHT = 0.1
+
+
+def demo(
+    *,
+    seeds: list[int],
+    quick: bool,
+    quiet: bool,
+    threads: int,
+    output_dir: Path,
+    methods: list[str] | None = None,
+    max_steps: int | None = None,
+) -> dict[str, Any]:
+    """The demo's retrieval part (``recipes/demo.py``): every method of :data:`DEMO_METHODS` (``+pvla`` adds PVLA
+    at weight 0.1) for the same number of steps per seed; returns the runs and the table's columns and series."""
+    budget = dict(DEMO_QUICK if quick else DEMO_BUDGET)
+    if max_steps is not None:
+        budget["max_steps"] = max_steps
+    runs = []
+    for seed in seeds:
+        for method in [m for m in DEMO_METHODS if methods is None or m in methods]:
+            base, pvla = (method.split("+")[0], DEMO_PVLA_WEIGHT) if "+pvla" in method else (method, 0.0)
+            run_args = build_parser().parse_args(
+                [
+                    *("--method", base, "--pvla", str(pvla), "--seed", str(seed), "--threads", str(threads)),
+                    *("--max-steps", str(budget["max_steps"]), "--train-videos", str(budget["train_videos"])),
+                    *("--eval-videos", str(budget["eval_videos"])),
+                    *("--output-dir", str(output_dir / f"seed{seed}" / method)),
+                    *(["--quiet"] if quiet else []),
+                ]
+            )
+            began = time.perf_counter()
+            row = run(run_args)
+            row.update(method=method, seed=seed, wall_seconds=time.perf_counter() - began)
+            runs.append(row)
+            print(
+                f"retrieval {method:10s} seed {seed}: order-only v2t {100 * row['order_v2t']:5.1f}%  "
+                f"t2v R@1 {row['t2v_R@1']:5.1f}%  ({row['wall_seconds']:.0f} s)",
+                flush=True,
+            )
+    return {
+        "runs": runs,
+        "keys": ["t2v_R@1", "order_v2t", "order_t2v", "seconds_per_step"],
+        "columns": RETRIEVAL_COLUMNS,
+        "series": RETRIEVAL_SERIES,
+        "title": f"text-video retrieval, {budget['max_steps']} steps per method",
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     row = run(args)

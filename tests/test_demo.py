@@ -25,6 +25,8 @@ def test_quick_demo_separates_temporal_from_frame_wise_methods(tmp_path):
             sys.executable,
             "recipes/demo.py",
             "--quick",
+            "--tasks",
+            "retrieval",
             "--output-dir",
             str(tmp_path),
             "--methods",
@@ -39,11 +41,10 @@ def test_quick_demo_separates_temporal_from_frame_wise_methods(tmp_path):
         env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = {row["method"]: row for row in json.loads((tmp_path / "results.json").read_text())["summary"]}
+    out = tmp_path / "retrieval"
+    rows = {row["method"]: row for row in json.loads((out / "results.json").read_text())["summary"]}
     assert set(FRAME_WISE + TEMPORAL) <= set(rows), sorted(rows)
-    assert (tmp_path / "scores_vs_params.png").is_file() and "| method |" in (
-        tmp_path / "results.md"
-    ).read_text()
+    assert (out / "scores_vs_params.png").is_file() and "| method |" in (out / "results.md").read_text()
     for method in FRAME_WISE:
         assert abs(rows[method]["order_v2t"] - 0.5) <= CHANCE_BAND, (method, rows[method]["order_v2t"])
     best_frame_wise = max(rows[m]["order_v2t"] for m in FRAME_WISE)
