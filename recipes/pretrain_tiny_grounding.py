@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from peft_video.tasks.features import ClipFeatureExtractor
 from peft_video.tasks.grounding import (
     GroundingCollator,
     GroundingModel,
@@ -29,7 +30,6 @@ from peft_video.tasks.grounding import (
     predict_dataset,
     tiny_grounding_config,
 )
-from peft_video.tasks.grounding.encode import FrameClipEncoder
 from peft_video.tasks.grounding.evaluation import chance_hit1, chance_top1_recall, hit1, top1_recall
 from peft_video.tasks.grounding.synthetic import CLIP_LENGTH, DOMAINS
 
@@ -73,10 +73,10 @@ def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def train(args: argparse.Namespace, encoder: FrameClipEncoder | None = None) -> GroundingModel:
+def train(args: argparse.Namespace, encoder: ClipFeatureExtractor | None = None) -> GroundingModel:
     """Train from scratch on the source domain's training split for ``args.steps`` steps."""
     set_determinism(args.seed, args.threads)
-    encoder = encoder or FrameClipEncoder()
+    encoder = encoder or ClipFeatureExtractor()
     data = build_split("source", "train", args.train_videos, seed=args.seed, encoder=encoder)
     items = [data[i] for i in range(len(data))]
     model = GroundingModel(tiny_grounding_config())
@@ -113,7 +113,9 @@ def train(args: argparse.Namespace, encoder: FrameClipEncoder | None = None) -> 
     return model
 
 
-def evaluate(model: GroundingModel, args: argparse.Namespace, encoder: FrameClipEncoder) -> dict[str, dict]:
+def evaluate(
+    model: GroundingModel, args: argparse.Namespace, encoder: ClipFeatureExtractor
+) -> dict[str, dict]:
     """Zero-shot R1@0.5 / R1@0.7 / Hit1 (and their chance levels) on every domain's test split; for the source
     also on its order-dependent queries."""
     results = {}
@@ -141,7 +143,7 @@ def evaluate(model: GroundingModel, args: argparse.Namespace, encoder: FrameClip
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    encoder = FrameClipEncoder()
+    encoder = ClipFeatureExtractor()
     if args.eval_only:
         torch.set_num_threads(args.threads)
         model = GroundingModel.from_pretrained(args.output).eval()

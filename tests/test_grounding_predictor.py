@@ -14,6 +14,7 @@ import pytest
 import torch
 from transformers import AutoModel
 
+from peft_video.tasks.features import ClipFeatureExtractor
 from peft_video.tasks.grounding import (
     GroundingConfig,
     GroundingModel,
@@ -26,7 +27,6 @@ from peft_video.tasks.grounding import (
     temporal_nms,
     tiny_grounding_path,
 )
-from peft_video.tasks.grounding.encode import FrameClipEncoder
 from peft_video.tasks.grounding.evaluation import chance_hit1, chance_top1_recall, hit1, top1_recall
 from peft_video.tasks.grounding.predictor import GroundingPredictor
 
@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def encoder() -> FrameClipEncoder:
-    return FrameClipEncoder()
+def encoder() -> ClipFeatureExtractor:
+    return ClipFeatureExtractor()
 
 
 @pytest.fixture(scope="module")
@@ -162,14 +162,13 @@ def write_video(path: Path, frames: np.ndarray, fps: int) -> None:
 
 
 def test_predictor_on_a_video_file(tiny, encoder, tmp_path):
-    features_module = pytest.importorskip("peft_video.tasks.features")  # the house extractor, its own branch
     video = make_video("source", "test", 5)
     path = tmp_path / "world.mp4"
     write_video(path, video.frames(fps=4), fps=4)
-    extractor = features_module.ClipFeatureExtractor(clip_length=2.0, device="cpu")
+    extractor = ClipFeatureExtractor(clip_length=2.0, device="cpu")
     from_file = extractor.extract(path)
     in_memory = encoder.features_from_frames(video.clip_frames())
-    np.testing.assert_allclose(from_file, in_memory, atol=1e-4)  # the world's features are the extractor's
+    np.testing.assert_allclose(from_file, in_memory, atol=1e-4)  # the file's features are the world's
     predictor = GroundingPredictor(tiny, extractor)
     out = predictor.predict(path, video.events[0].query)
     assert out["vid"] == str(path) and len(out["pred_saliency_scores"]) == video.num_clips

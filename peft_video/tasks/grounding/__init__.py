@@ -22,7 +22,6 @@ from .data import (
     parse_record,
     saliency_pairs,
 )
-from .encode import FrameClipEncoder
 from .formats import load_highlight_dataset, load_qvhighlights, read_jsonl
 from .inference import decode_moments, predict_dataset, predict_features, sliding_windows, temporal_nms
 from .modeling import GroundingModel, GroundingOutput
@@ -38,7 +37,6 @@ __all__ = [
     "DEFAULT_PVLA_WEIGHT",
     "DOMAINS",
     "TARGET_DOMAINS",
-    "FrameClipEncoder",
     "GroundingCollator",
     "GroundingConfig",
     "GroundingDataset",

@@ -18,14 +18,9 @@ from typing import Any
 import numpy as np
 
 from .data import GroundingRecord
+from .metrics.scoring import temporal_iou, top1_iou
 
 __all__ = ["chance_hit1", "chance_top1_recall", "hit1", "top1_recall"]
-
-
-def _iou(a: tuple[float, float], windows: np.ndarray) -> np.ndarray:
-    inter = np.clip(np.minimum(a[1], windows[:, 1]) - np.maximum(a[0], windows[:, 0]), 0, None)
-    union = (a[1] - a[0]) + (windows[:, 1] - windows[:, 0]) - inter
-    return inter / union
 
 
 def _by_qid(rows: Iterable[Mapping[str, Any]]) -> dict[Any, Mapping[str, Any]]:
@@ -42,14 +37,15 @@ def _labelled(records: Sequence[GroundingRecord], what: str) -> list[GroundingRe
 def top1_recall(
     rows: Iterable[Mapping[str, Any]], records: Sequence[GroundingRecord], threshold: float
 ) -> float:
-    """Fraction of records (with windows) whose top prediction reaches IoU >= ``threshold``."""
+    """Fraction of records (with windows) whose first listed window reaches IoU >= ``threshold`` with the
+    ground-truth window it overlaps most (the official R1's :func:`~.metrics.scoring.top1_iou`)."""
     predictions = _by_qid(rows)
     hits = []
     for record in _labelled(records, "windows"):
         if record.qid not in predictions:
             raise ValueError(f"no prediction for qid={record.qid!r}")
-        start, end = predictions[record.qid]["pred_relevant_windows"][0][:2]
-        hits.append(float(_iou((start, end), np.asarray(record.windows)).max() >= threshold))
+        first = predictions[record.qid]["pred_relevant_windows"][0]
+        hits.append(float(top1_iou(first, record.windows) >= threshold))
     return float(np.mean(hits))
 
 
@@ -60,8 +56,7 @@ def chance_top1_recall(records: Sequence[GroundingRecord], threshold: float, cli
         n = int(round(record.duration / clip_length))
         starts, ends = np.triu_indices(n + 1, k=1)
         candidates = np.stack([starts, ends], axis=1) * clip_length
-        gt = np.asarray(record.windows)
-        best = np.max([_iou((s, e), candidates) for s, e in gt], axis=0)
+        best = temporal_iou(candidates, record.windows).max(axis=1)
         values.append(float(np.mean(best >= threshold)))
     return float(np.mean(values))
 

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .data import GroundingCollator, GroundingDataset, l2_normalize
+from .metrics.scoring import temporal_iou
 from .spans import cxw_to_se
 
 __all__ = ["decode_moments", "predict_dataset", "predict_features", "sliding_windows", "temporal_nms"]
@@ -62,18 +63,11 @@ def decode_moments(
 
 
 def temporal_nms(moments: Sequence[Sequence[float]], threshold: float) -> list[list[float]]:
-    """Greedy non-maximum suppression of ``[start, end, score]`` rows: best first, a row overlapping a kept one with
-    IoU >= ``threshold`` is dropped."""
+    """Greedy non-maximum suppression of ``[start, end, score]`` rows (positive lengths): best first, a row
+    overlapping a kept one with IoU >= ``threshold`` is dropped."""
     kept: list[list[float]] = []
     for start, end, score in sorted(moments, key=lambda row: row[2], reverse=True):
-        ok = True
-        for s, e, _ in kept:
-            inter = max(0.0, min(end, e) - max(start, s))
-            union = (end - start) + (e - s) - inter
-            if union > 0 and inter / union >= threshold:
-                ok = False
-                break
-        if ok:
+        if not kept or temporal_iou([[start, end]], kept).max() < threshold:
             kept.append([start, end, score])
     return kept
 

@@ -3,8 +3,8 @@
 :class:`GroundingPredictor` joins a trained grounding model (bare or under peft) and a clip-feature extractor:
 anything with ``extract(video_path) -> (num_clips, D)`` clip features, ``encode_text([sentence])`` returning objects
 with a ``last_hidden_state`` (L, D_q), and a ``clip_length`` in seconds -- the house extractor
-(``peft_video.tasks.features.ClipFeatureExtractor``) or, for frames already in memory,
-:class:`~.encode.FrameClipEncoder` (whose features come through ``predict`` as arrays). The extractor must be the
+(``peft_video.tasks.features.ClipFeatureExtractor``; for frames already in memory, its ``features_from_frames``
+gives arrays that ``predict`` takes as they are). The extractor must be the
 backbone the model was trained with features of (same widths, same space). Videos longer than the model's
 ``max_clips`` are read in overlapping sliding windows whose moments are merged by temporal NMS and whose
 saliency is averaged per clip (:func:`~.inference.predict_features` states the rule).

@@ -20,10 +20,11 @@ white shapes, colours the grounding model has never grounded). Every domain has 
 ``test`` splits; everything is a deterministic function of ``seed``, and video ``i`` of a split does not depend
 on how many videos are drawn.
 
-Features are defined as the clip-feature extractor defines them for files (one per clip: the tiny CLIP's projected
-embedding of the clip's centre frame; queries: the tiny CLIP text tower's per-token states), computed from frames
-rendered in memory (:class:`~peft_video.tasks.grounding.encode.FrameClipEncoder`); :meth:`SyntheticVideo.frames`
-renders the same video at any frame rate for writing it to a file.
+Features come from the clip-feature extractor (:class:`peft_video.tasks.features.ClipFeatureExtractor` over the
+shipped tiny CLIP), exactly as it computes them for files (one per clip: the projected embedding of the clip's
+centre frame; queries: the text tower's per-token states), from frames rendered in memory
+(``features_from_frames``); :meth:`SyntheticVideo.frames` renders the same video at any frame rate for writing it
+to a file.
 """
 
 from __future__ import annotations
@@ -344,16 +345,17 @@ def build_split(
     """The ``split`` of ``domain`` as a :class:`GroundingDataset` with features in memory.
 
     ``num_videos`` defaults to :data:`DEFAULT_SIZES`; ``encoder`` (anything with ``features_from_frames`` and
-    ``encode_text``, e.g. the feature extractor) defaults to the shipped tiny CLIP.
+    ``encode_text``, e.g. :class:`~peft_video.tasks.features.ClipFeatureExtractor`) defaults to the extractor over the
+    shipped tiny CLIP.
     """
     if num_videos is None:
         num_videos = DEFAULT_SIZES[domain][split]
     if isinstance(num_videos, bool) or not isinstance(num_videos, int) or num_videos <= 0:
         raise ValueError(f"`num_videos` must be a positive integer, got {num_videos!r}")
     if encoder is None:
-        from .encode import FrameClipEncoder
+        from ..features import ClipFeatureExtractor
 
-        encoder = FrameClipEncoder()
+        encoder = ClipFeatureExtractor()
     videos = [make_video(domain, split, i, seed) for i in range(num_videos)]
     rows = [row for video in videos for row in video_records(video, seed)]
     frames = np.concatenate([v.clip_frames() for v in videos])
@@ -385,9 +387,9 @@ def build_world(
     """``{domain: {split: dataset}}`` for the given domains (all by default), sizes from ``sizes`` or
     :data:`DEFAULT_SIZES`."""
     if encoder is None:
-        from .encode import FrameClipEncoder
+        from ..features import ClipFeatureExtractor
 
-        encoder = FrameClipEncoder()
+        encoder = ClipFeatureExtractor()
     sizes = sizes or DEFAULT_SIZES
     return {
         domain: {
