@@ -1,4 +1,8 @@
-"""Quick grounding scores with their exact chance levels (for the tiny model's record and tests).
+"""Scoring a grounding model on a dataset, and quick scores with their exact chance levels.
+
+:func:`evaluate_grounding` predicts every record of a dataset and scores the predictions with the official
+QVHighlights definitions (``qvhighlights_scores``, percent, unrounded): what the recipe reports and selects on.
+:data:`GROUNDING_COLUMNS` / :data:`GROUNDING_SERIES` are the recipe's table and plot.
 
 The official scorers (QVHighlights' mAP, R1, HL-mAP / Hit1; YouTube Highlights' and TVSum's mAP) are
 ``peft_video.metrics.load("qvhighlights")`` etc. These two are their simplest members, with chance levels computed
@@ -16,11 +20,96 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
-from .data import GroundingRecord
+from ..report import Column, Series, count, fixed
+from .data import GroundingDataset, GroundingRecord
+from .inference import predict_dataset
+from .metrics.records import qvhighlights_scores
 from .metrics.scoring import temporal_iou, top1_iou
 
-__all__ = ["chance_hit1", "chance_top1_recall", "hit1", "top1_recall"]
+__all__ = [
+    "GROUNDING_COLUMNS",
+    "GROUNDING_SERIES",
+    "ORDER_KEY",
+    "SCORE_KEYS",
+    "chance_hit1",
+    "chance_top1_recall",
+    "evaluate_grounding",
+    "hit1",
+    "top1_recall",
+]
+
+SCORE_KEYS: tuple[str, ...] = (
+    "MR-full-R1@0.5",
+    "MR-full-R1@0.7",
+    "MR-full-mAP",
+    "HL-min-VeryGood-mAP",
+    "HL-min-VeryGood-Hit1",
+)
+"""The scores the recipe reports (percent): moment retrieval R1 at IoU 0.5 / 0.7 and mAP over IoU 0.5:0.95,
+highlight detection mAP and Hit@1 at QVHighlights' "VeryGood" level (the levels its papers report)."""
+ORDER_KEY = "order-R1@0.5"
+"""R1@0.5 (percent) over the synthetic world's order-dependent queries (``extra["order_dependent"]``)."""
+
+GROUNDING_COLUMNS: tuple[Column, ...] = (
+    Column("method", "method"),
+    Column("trainable_params", "trainable params", count),
+    Column("MR-full-R1@0.5", "R1@0.5", fixed(1)),
+    Column("MR-full-R1@0.7", "R1@0.7", fixed(1)),
+    Column("MR-full-mAP", "mAP", fixed(1)),
+    Column("HL-min-VeryGood-mAP", "HL mAP", fixed(1)),
+    Column("HL-min-VeryGood-Hit1", "HL Hit1", fixed(1)),
+    Column(ORDER_KEY, "order-dependent R1@0.5", fixed(1)),
+    Column("best_step", "selected step", fixed(0)),
+    Column("seconds_per_step", "s / step", fixed(3)),
+)
+"""The grounding comparison's table (scores in percent; "selected step": the step chosen on validation)."""
+GROUNDING_SERIES: tuple[Series, ...] = (
+    Series("MR-full-mAP", 1.0, "moment retrieval mAP"),
+    Series("MR-full-R1@0.5", 1.0, "R1@0.5"),
+    Series("HL-min-VeryGood-mAP", 1.0, "highlight mAP (VeryGood)"),
+)
+
+
+@torch.no_grad()
+def evaluate_grounding(
+    model: torch.nn.Module, dataset: GroundingDataset, *, batch_size: int = 32
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Submission rows for every record of ``dataset`` and their scores (percent, unrounded).
+
+    Scores follow QVHighlights' official scorer (``qvhighlights_scores``, with its handling of saliency lists
+    longer or shorter than the video's clips); moment keys only when the records have windows (highlight-only data
+    such as YouTube Highlights is scored on saliency), and :data:`ORDER_KEY` when some records are order-dependent.
+    Unlabelled records (a test split without annotations) give rows and no scores.
+    """
+    rows = predict_dataset(model, dataset, batch_size=batch_size)
+    records = dataset.records
+    if not any(r.has_labels for r in records):
+        return rows, {}
+    if not all(r.has_labels for r in records):
+        unlabelled = [r.qid for r in records if not r.has_labels]
+        raise ValueError(
+            f"{dataset.name}: some records have labels and some not (e.g. qid={unlabelled[0]!r})"
+        )
+    with_windows = [bool(r.windows) for r in records]
+    scored = rows
+    if not any(with_windows):
+        scored = [{k: v for k, v in row.items() if k != "pred_relevant_windows"} for row in rows]
+    elif not all(with_windows):
+        missing = records[with_windows.index(False)].qid
+        raise ValueError(f"{dataset.name}: record qid={missing!r} has no relevant windows while others have")
+    scores = qvhighlights_scores(
+        scored,
+        [r.as_annotation() for r in records],
+        decimals=None,
+        clip_length=dataset.clip_length,
+        strict_saliency_length=False,
+    )
+    ordered = [r for r in records if r.extra.get("order_dependent") and r.windows]
+    if ordered:
+        scores[ORDER_KEY] = 100 * top1_recall(rows, ordered, 0.5)
+    return rows, scores
 
 
 def _by_qid(rows: Iterable[Mapping[str, Any]]) -> dict[Any, Mapping[str, Any]]:

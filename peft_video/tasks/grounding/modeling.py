@@ -40,6 +40,7 @@ except ImportError:  # pragma: no cover - transformers 4.x
     from torch.nn import init
 
 __all__ = [
+    "NOT_APPLICABLE",
     "GroundingModel",
     "GroundingOutput",
     "sine_positions",
@@ -49,6 +50,13 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _LAYERS = r"(.*\.)?(encoder|decoder)\.layers\.\d+"
+
+NOT_APPLICABLE: dict[str, str] = {
+    "prompt": "it reads pre-extracted clip and query token features, not token ids",
+    "rap": "RAP is for two-tower CLIP retrieval",
+    "token_mix": "it has no frame-wise vision tower",
+}
+"""The registry's methods that do not apply to :class:`GroundingModel`, and why (``MethodTargets.notes``)."""
 
 
 # --------------------------------------------------------------------------------------------------- features
@@ -459,11 +467,7 @@ class GroundingModel(PreTrainedModel):
             ia3_feedforward=rf"{_LAYERS}\.ffn\.fc2",
             read=rf"{_LAYERS}\.ffn",
             read_axis="tokens",
-            notes={
-                "prompt": "it reads pre-extracted clip and query token features, not token ids",
-                "rap": "RAP is for two-tower CLIP retrieval",
-                "token_mix": "it has no frame-wise vision tower",
-            },
+            notes=dict(NOT_APPLICABLE),
         )
 
     def pvla_source(self) -> SingleStream:
