@@ -13,6 +13,9 @@ Real data in QVHighlights' format (jsonl annotations, Moment-DETR's feature file
         --video-feature-dirs features/slowfast_features features/clip_features \\
         --text-feature-dir features/clip_text_features --backbone scratch --max-steps 2000
 
+YouTube Highlights / TVSum files (per-clip labels by domain; one model per domain, scored by UMT's mAP) take
+``--format youtube`` / ``--format tvsum`` and optionally ``--domains dog gymnastics``.
+
 Methods: those of the registry that apply to the model (``peft_video.tasks.grounding.GROUNDING_METHODS``: frozen,
 full, bitfit, partial, proj, lora, ia3, adapter, read); ``NAME+pvla`` adds PVLA to NAME at ``--pvla W`` (or, when
 ``--pvla`` is 0, at the task's default weight 0.1), and ``--pvla W`` > 0 adds it to every listed method. Each run
@@ -35,7 +38,9 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +54,20 @@ import peft_video.tasks.grounding as grounding
 from peft_video.tasks import prepare_model, trainable_parameters
 from peft_video.tasks.cli import positive_int, quiet_libraries, run_recipe
 from peft_video.tasks.features import ClipFeatureExtractor
+from peft_video.tasks.grounding.formats import read_jsonl
 from peft_video.tasks.grounding.metrics import write_submission
 from peft_video.tasks.grounding.synthetic import TARGET_DOMAINS
 from peft_video.tasks.methods import DEFAULT_LEARNING_RATES, SELECTIVE_METHODS, save_trainable
 from peft_video.tasks.report import aggregate_seeds, markdown_table, write_results
 
 PVLA_SUFFIX = "+pvla"
+PRINTED = (
+    ("MR-full-R1@0.5", "R1@0.5"),
+    ("MR-full-mAP", "mAP"),
+    ("HL-min-VeryGood-mAP", "HL mAP"),
+    (grounding.UMT_KEY, "UMT mAP"),
+)
+"""The scores printed per run (those the data has)."""
 REAL_DOMAIN = "data"
 """The domain name of a run on real data (its outputs go to ``<output-dir>/data/``)."""
 
@@ -96,10 +109,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data.add_argument("--video-feature-dirs", type=Path, nargs="+", default=None, metavar="DIR")
     data.add_argument("--text-feature-dir", type=Path, default=None, metavar="DIR")
-    data.add_argument("--clip-length", type=float, default=2.0, help="seconds per clip of the features")
+    data.add_argument(
+        "--format",
+        choices=list(grounding.SCORERS),
+        default="qvhighlights",
+        help="the annotations' format and scorer: QVHighlights (moments + highlights, official scorer), or "
+        "YouTube Highlights / TVSum (per-clip labels by domain, UMT's mAP; one model per domain)",
+    )
+    data.add_argument(
+        "--clip-length",
+        type=float,
+        default=None,
+        help="seconds per clip of the features (default: YouTube Highlights 1, QVHighlights and TVSum 2)",
+    )
     data.add_argument("--max-clips", type=int, default=75, help="clips read per video (Moment-DETR: 75)")
     world = parser.add_argument_group("the synthetic world")
-    world.add_argument("--domains", nargs="+", default=list(TARGET_DOMAINS), choices=list(TARGET_DOMAINS))
+    parser.add_argument(
+        "--domains",
+        nargs="+",
+        default=None,
+        help=f"synthetic world: target domains (default: all, {' '.join(TARGET_DOMAINS)}); YouTube Highlights / "
+        "TVSum: the domains of the training file to fine-tune one model each on (default: all of them)",
+    )
     world.add_argument("--train-videos", type=int, default=40)
     world.add_argument("--val-videos", type=int, default=20)
     world.add_argument("--eval-videos", type=int, default=60)
@@ -166,7 +197,7 @@ def check_args(args: argparse.Namespace) -> None:
         positive_int(getattr(args, name), "--" + name.replace("_", "-"))
     if args.pvla < 0:
         raise ValueError(f"`--pvla` must be a weight >= 0, got {args.pvla}")
-    if not args.clip_length > 0:
+    if args.clip_length is not None and not args.clip_length > 0:
         raise ValueError(f"`--clip-length` must be a number of seconds > 0, got {args.clip_length}")
     if args.lr is not None and not args.lr > 0:
         raise ValueError(f"`--lr` must be > 0, got {args.lr}")
@@ -198,14 +229,33 @@ def check_args(args: argparse.Namespace) -> None:
         for directory in [*args.video_feature_dirs, args.text_feature_dir]:
             if not directory.is_dir():
                 raise FileNotFoundError(f"feature directory {str(directory)!r} does not exist")
+        if args.format == "qvhighlights" and args.domains is not None:
+            raise ValueError(
+                f"`--domains` {args.domains} applies to the synthetic world and to YouTube Highlights / TVSum files "
+                "(`--format youtube|tvsum`), not to QVHighlights"
+            )
     else:
         for name in ("train_videos", "val_videos", "eval_videos"):
             positive_int(getattr(args, name), "--" + name.replace("_", "-"))
-        if args.clip_length != 2.0:
+        unknown = [d for d in args.domains or () if d not in TARGET_DOMAINS]
+        if unknown:
+            raise ValueError(
+                f"`--domains` {unknown}: the synthetic world's target domains are {list(TARGET_DOMAINS)}"
+            )
+        if args.clip_length not in (None, 2.0):
             raise ValueError(
                 f"`--clip-length` {args.clip_length} does not apply to the synthetic world (2-s clips); it "
                 "describes real features"
             )
+        if args.format != "qvhighlights":
+            raise ValueError(
+                f"`--format` {args.format!r} describes annotation files: give `--train-annotations`"
+            )
+
+
+def scorer_of(args: argparse.Namespace) -> str:
+    """How the runs are scored and selected: ``--format`` for real data, QVHighlights' scorer for the world."""
+    return "qvhighlights" if args.train_annotations is None else args.format
 
 
 # ------------------------------------------------------------------------------------------------------ data
@@ -238,6 +288,23 @@ def carve_validation(dataset: Any, fraction: float) -> tuple[Any, Any]:
     return subset(True, "train"), subset(False, "validation")
 
 
+def real_splits(args: argparse.Namespace, load: Callable[..., Any]) -> dict[str, Any]:
+    """Training, validation (``--val-annotations`` or carved from training) and evaluation data read by ``load``."""
+    common = {
+        "video_feature_dirs": args.video_feature_dirs,
+        "query_feature_dir": args.text_feature_dir,
+        "max_clips": args.max_clips,
+    }
+    if args.clip_length is not None or args.format == "qvhighlights":  # else the highlight loader's own
+        common["clip_length"] = args.clip_length or 2.0
+    train = load(args.train_annotations, **common)
+    if args.val_annotations is not None:
+        validation = load(args.val_annotations, **common)
+    else:
+        train, validation = carve_validation(train, args.val_fraction)
+    return {"train": train, "validation": validation, "test": load(args.eval_annotations, **common)}
+
+
 def load_splits(args: argparse.Namespace, seed: int) -> dict[str, dict[str, Any]]:
     """``{domain: {"train", "validation", "test"}}`` datasets, every record's features read and checked."""
     if args.train_annotations is None:
@@ -248,22 +315,20 @@ def load_splits(args: argparse.Namespace, seed: int) -> dict[str, dict[str, Any]
                 split: grounding.build_split(domain, split, n, seed=seed, encoder=encoder)
                 for split, n in sizes.items()
             }
-            for domain in args.domains
+            for domain in args.domains or TARGET_DOMAINS
         }
+    elif args.format == "qvhighlights":
+        splits = {REAL_DOMAIN: real_splits(args, grounding.load_qvhighlights)}
     else:
-        common = {
-            "video_feature_dirs": args.video_feature_dirs,
-            "query_feature_dir": args.text_feature_dir,
-            "clip_length": args.clip_length,
-            "max_clips": args.max_clips,
+        domains = args.domains or sorted(
+            {str(row.get("domain")) for row in read_jsonl(args.train_annotations)}
+        )
+        splits = {
+            domain: real_splits(
+                args, partial(grounding.load_highlight_dataset, kind=args.format, domain=domain)
+            )
+            for domain in domains
         }
-        train = grounding.load_qvhighlights(args.train_annotations, **common)
-        if args.val_annotations is not None:
-            validation = grounding.load_qvhighlights(args.val_annotations, **common)
-        else:
-            train, validation = carve_validation(train, args.val_fraction)
-        test = grounding.load_qvhighlights(args.eval_annotations, **common)
-        splits = {REAL_DOMAIN: {"train": train, "validation": validation, "test": test}}
     for domain in splits.values():
         for name, dataset in domain.items():
             dataset.validate()
@@ -321,7 +386,7 @@ def train_and_score(
             seed=seed,
             disable_tqdm=args.quiet,
         )
-        selection = grounding.ValidationSelection(validation, every=args.eval_steps)
+        selection = grounding.ValidationSelection(validation, every=args.eval_steps, scorer=scorer_of(args))
         callbacks: list[Any] = [selection]
         if run.pvla:
             callbacks.append(
@@ -352,12 +417,12 @@ def train_and_score(
             else:
                 model.save_pretrained(str(output_dir / "model"))
     else:
-        _, scores = grounding.evaluate_grounding(model.to(device), validation)
-        metric = grounding.default_selection_metric(validation)
+        _, scores = grounding.evaluate_grounding(model.to(device), validation, scorer=scorer_of(args))
+        metric = grounding.default_selection_metric(validation, scorer_of(args))
         row.update(validation_metric=metric, validation_score=scores[metric])
     model.to(device)
     start = time.perf_counter()
-    predictions, scores = grounding.evaluate_grounding(model, test)
+    predictions, scores = grounding.evaluate_grounding(model, test, scorer=scorer_of(args))
     row.update(scores, eval_seconds=time.perf_counter() - start)
     if PartialState().is_main_process:  # under a multi-process launch, one process writes
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -398,46 +463,57 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 row.update(domain=domain, wall_seconds=time.perf_counter() - began)
                 runs.append(row)
+                shown = "  ".join(
+                    f"{title} {row[key]:5.1f}" for key, title in PRINTED if row.get(key) is not None
+                )
                 print(
-                    f"grounding {domain:9s} {run.name:12s} seed {seed}: R1@0.5 {row.get('MR-full-R1@0.5', 0):5.1f}  "
-                    f"mAP {row.get('MR-full-mAP', 0):5.1f}  HL mAP {row.get('HL-min-VeryGood-mAP', 0):5.1f}  "
+                    f"grounding {domain:9s} {run.name:12s} seed {seed}: {shown}  "
                     f"(step {row['best_step']}, {row['wall_seconds']:.0f} s)",
                     flush=True,
                 )
-    keys = [*grounding.SCORE_KEYS, "order-R1@0.5", "best_step", "seconds_per_step"]
+    keys = [*grounding.SCORE_KEYS, grounding.UMT_KEY, grounding.ORDER_KEY, "best_step", "seconds_per_step"]
     return {"runs": runs, "keys": keys}
+
+
+def table_columns(runs: list[dict[str, Any]]) -> list[Any]:
+    """The table's columns, less the scores no run has (e.g. moment scores on highlight-only data)."""
+    always = ("method", "trainable_params", "seconds_per_step")
+    return [
+        c
+        for c in grounding.GROUNDING_COLUMNS
+        if c.key in always or any(row.get(c.key) is not None for row in runs)
+    ]
 
 
 def write_tables(runs: list[dict[str, Any]], keys: list[str], output_dir: Path, title: str) -> None:
     """Per-domain tables (``<output_dir>/<domain>/``) and, for several domains, the table averaged over them
     (``<output_dir>/``): results.json, results.md (mean and min-max over seeds), scores_vs_params.png."""
     domains = list(dict.fromkeys(row["domain"] for row in runs))
+    columns = table_columns(runs)
     for domain in domains:
         domain_runs = [row for row in runs if row["domain"] == domain]
         rows = aggregate_seeds(domain_runs, keys)
         write_results(
             rows,
             output_dir / domain,
-            grounding.GROUNDING_COLUMNS,
+            columns,
             grounding.GROUNDING_SERIES,
             title=f"{title}: {domain}",
             runs=domain_runs,
         )
-        print(f"\n### {title}: {domain}\n\n{markdown_table(rows, grounding.GROUNDING_COLUMNS)}")
+        print(f"\n### {title}: {domain}\n\n{markdown_table(rows, columns)}")
     if len(domains) > 1:
         averaged = average_over_domains(runs, keys)
         rows = aggregate_seeds(averaged, keys)
         write_results(
             rows,
             output_dir,
-            grounding.GROUNDING_COLUMNS,
+            columns,
             grounding.GROUNDING_SERIES,
             title=f"{title}: mean over {len(domains)} domains",
             runs=averaged,
         )
-        print(
-            f"\n### {title}: mean over {', '.join(domains)}\n\n{markdown_table(rows, grounding.GROUNDING_COLUMNS)}"
-        )
+        print(f"\n### {title}: mean over {', '.join(domains)}\n\n{markdown_table(rows, columns)}")
 
 
 # ------------------------------------------------------------------------------------------------------ demo
@@ -475,7 +551,7 @@ def demo(
     return {
         "runs": result["runs"],
         "keys": result["keys"],
-        "columns": grounding.GROUNDING_COLUMNS,
+        "columns": table_columns(result["runs"]),
         "series": grounding.GROUNDING_SERIES,
         "title": f"temporal grounding ({DEMO_DOMAIN}), {budget['max_steps']} steps per method",
     }

@@ -19,7 +19,7 @@ import pytest
 from peft_video.tasks.grounding import GroundingModel, tiny_grounding_path
 from peft_video.tasks.grounding.metrics import SUBMISSION_FIELDS, qvhighlights_scores, read_submission
 from tests.helpers import ROOT
-from tests.test_grounding_data import QV_ROW, write_qv_layout
+from tests.test_grounding_data import QV_ROW, _highlight_layout, write_qv_layout
 
 sys.path.insert(0, str(ROOT / "recipes"))
 import temporal_grounding as recipe  # noqa: E402
@@ -133,6 +133,44 @@ def test_real_features_of_other_widths_rebuild_the_projections_which_every_metho
     assert (tmp_path / "out" / "data" / "seed0" / "read" / "predictions.jsonl").is_file()
 
 
+def test_youtube_highlights_files_train_one_model_per_domain_scored_by_umt_map(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = [
+        {"vid": f"{domain}{i}", "query": domain, "duration": 8.0, "domain": domain, "label": label}
+        for domain in ("dog", "gym")
+        for i in range(4)
+        for label in [[[int(v)] for v in rng.integers(0, 2, size=8)]]
+    ]
+    annotations, video_dir, query_dir = _highlight_layout(tmp_path, rows)
+    argv = [
+        *(
+            "--format",
+            "youtube",
+            "--train-annotations",
+            str(annotations),
+            "--eval-annotations",
+            str(annotations),
+        ),
+        *(
+            "--video-feature-dirs",
+            str(video_dir),
+            "--text-feature-dir",
+            str(query_dir),
+            "--val-fraction",
+            "0.25",
+        ),
+        *("--method", "adapter", "--max-steps", "2", "--eval-steps", "1", "--batch-size", "2", "--quiet"),
+        *("--output-dir", str(tmp_path / "out")),
+    ]
+    runs = recipe.main(argv)
+    assert [r["domain"] for r in runs] == ["dog", "gym"] and all(r["train_queries"] == 3 for r in runs)
+    for run in runs:
+        assert run["validation_metric"] == "UMT-mAP" and 0 <= run["UMT-mAP"] <= 100
+        assert "MR-full-mAP" not in run and "HL-min-VeryGood-mAP" not in run
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert "highlight mAP (UMT)" in table and "R1@0.5" not in table
+
+
 def test_validation_is_carved_from_whole_training_videos_with_a_fixed_draw(tmp_path):
     rows = [{**QV_ROW, "qid": i, "vid": f"video{i // 2}"} for i in range(20)]  # two queries per video
     annotations, dirs, query_dir, _ = write_qv_layout(tmp_path, rows, dims=(6,), text_dim=5)
@@ -172,6 +210,8 @@ def one_line_error(capsys, argv: list[str]) -> str:
         (["--clip-length", "1"], "does not apply to the synthetic world"),
         (["--backbone", "no/such/dir"], "`--backbone` 'no/such/dir' is neither"),
         (["--train-annotations", "x.jsonl"], "real data needs ['--eval-annotations'"),
+        (["--domains", "dog"], "`--domains` ['dog']: the synthetic world's target domains are"),
+        (["--format", "tvsum"], "`--format` 'tvsum' describes annotation files"),
     ],
 )
 def test_bad_arguments_fail_before_loading_in_one_line(capsys, argv, fragment):
@@ -206,3 +246,34 @@ def test_a_subprocess_run_with_bad_input_prints_one_line_and_exits_2(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         line for line in proc.stderr.strip().splitlines() if line.startswith("temporal_grounding.py: error:")
     ]
+
+
+@pytest.mark.slow  # a fresh interpreter and six short runs: about 35 s on one busy core
+def test_quick_demo_part_runs_every_demo_method_through_the_demo_runner(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "recipes/demo.py",
+            "--quick",
+            "--tasks",
+            "grounding",
+            "--output-dir",
+            str(tmp_path),
+            "--quiet",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=environment(),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp_path / "grounding"
+    rows = {row["method"]: row for row in json.loads((out / "results.json").read_text())["summary"]}
+    assert list(rows) == list(recipe.DEMO_METHODS)
+    params = [rows[m]["trainable_params"] for m in ("frozen", "adapter", "read", "lora", "full")]
+    assert params == sorted(params) and params[0] == 0 and rows["read+pvla"]["trainable_params"] == params[2]
+    for method, row in rows.items():
+        assert 0 <= row["MR-full-mAP"] <= 100 and 0 <= row["HL-min-VeryGood-mAP"] <= 100, method
+        assert (out / recipe.DEMO_DOMAIN / "seed0" / method / "predictions.jsonl").is_file()
+    assert (out / "scores_vs_params.png").is_file() and "| read+pvla |" in (out / "results.md").read_text()

@@ -24,7 +24,15 @@ from .data import (
     parse_record,
     saliency_pairs,
 )
-from .evaluation import GROUNDING_COLUMNS, GROUNDING_SERIES, SCORE_KEYS, evaluate_grounding
+from .evaluation import (
+    GROUNDING_COLUMNS,
+    GROUNDING_SERIES,
+    ORDER_KEY,
+    SCORE_KEYS,
+    SCORERS,
+    UMT_KEY,
+    evaluate_grounding,
+)
 from .formats import load_highlight_dataset, load_qvhighlights, read_jsonl
 from .inference import decode_moments, predict_dataset, predict_features, sliding_windows, temporal_nms
 from .modeling import NOT_APPLICABLE, GroundingModel, GroundingOutput
@@ -46,7 +54,10 @@ __all__ = [
     "GROUNDING_COLUMNS",
     "GROUNDING_METHODS",
     "GROUNDING_SERIES",
+    "ORDER_KEY",
+    "SCORERS",
     "SCORE_KEYS",
+    "UMT_KEY",
     "TARGET_DOMAINS",
     "ValidationSelection",
     "GroundingCollator",

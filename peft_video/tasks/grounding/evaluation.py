@@ -25,7 +25,7 @@ import torch
 from ..report import Column, Series, count, fixed
 from .data import GroundingDataset, GroundingRecord
 from .inference import predict_dataset
-from .metrics.records import qvhighlights_scores
+from .metrics.records import qvhighlights_scores, tvsum_scores, youtube_highlights_scores
 from .metrics.scoring import temporal_iou, top1_iou
 
 __all__ = [
@@ -33,6 +33,8 @@ __all__ = [
     "GROUNDING_SERIES",
     "ORDER_KEY",
     "SCORE_KEYS",
+    "SCORERS",
+    "UMT_KEY",
     "chance_hit1",
     "chance_top1_recall",
     "evaluate_grounding",
@@ -49,6 +51,10 @@ SCORE_KEYS: tuple[str, ...] = (
 )
 """The scores the recipe reports (percent): moment retrieval R1 at IoU 0.5 / 0.7 and mAP over IoU 0.5:0.95,
 highlight detection mAP and Hit@1 at QVHighlights' "VeryGood" level (the levels its papers report)."""
+UMT_KEY = "UMT-mAP"
+"""YouTube Highlights' or TVSum's mAP as UMT computes it (percent), for ``scorer="youtube"`` / ``"tvsum"``."""
+SCORERS: tuple[str, ...] = ("qvhighlights", "youtube", "tvsum")
+"""How :func:`evaluate_grounding` scores: QVHighlights' official definitions, or UMT's YouTube Highlights / TVSum mAP."""
 ORDER_KEY = "order-R1@0.5"
 """R1@0.5 (percent) over the synthetic world's order-dependent queries (``extra["order_dependent"]``)."""
 
@@ -60,6 +66,7 @@ GROUNDING_COLUMNS: tuple[Column, ...] = (
     Column("MR-full-mAP", "mAP", fixed(1)),
     Column("HL-min-VeryGood-mAP", "HL mAP", fixed(1)),
     Column("HL-min-VeryGood-Hit1", "HL Hit1", fixed(1)),
+    Column(UMT_KEY, "highlight mAP (UMT)", fixed(1)),
     Column(ORDER_KEY, "order-dependent R1@0.5", fixed(1)),
     Column("best_step", "selected step", fixed(0)),
     Column("seconds_per_step", "s / step", fixed(3)),
@@ -69,20 +76,25 @@ GROUNDING_SERIES: tuple[Series, ...] = (
     Series("MR-full-mAP", 1.0, "moment retrieval mAP"),
     Series("MR-full-R1@0.5", 1.0, "R1@0.5"),
     Series("HL-min-VeryGood-mAP", 1.0, "highlight mAP (VeryGood)"),
+    Series(UMT_KEY, 1.0, "highlight mAP (UMT)"),
 )
 
 
 @torch.no_grad()
 def evaluate_grounding(
-    model: torch.nn.Module, dataset: GroundingDataset, *, batch_size: int = 32
+    model: torch.nn.Module, dataset: GroundingDataset, *, batch_size: int = 32, scorer: str = "qvhighlights"
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Submission rows for every record of ``dataset`` and their scores (percent, unrounded).
 
-    Scores follow QVHighlights' official scorer (``qvhighlights_scores``, with its handling of saliency lists
-    longer or shorter than the video's clips); moment keys only when the records have windows (highlight-only data
-    such as YouTube Highlights is scored on saliency), and :data:`ORDER_KEY` when some records are order-dependent.
-    Unlabelled records (a test split without annotations) give rows and no scores.
+    ``scorer="qvhighlights"``: QVHighlights' official definitions (``qvhighlights_scores``, with its handling of
+    saliency lists longer or shorter than the video's clips); moment keys only when the records have windows, and
+    :data:`ORDER_KEY` when some records are order-dependent. ``"youtube"`` / ``"tvsum"``: UMT's per-video
+    highlight AP over the clip labels (``youtube_highlights_scores`` / ``tvsum_scores``) as :data:`UMT_KEY`, plus
+    ``UMT-mAP-<domain>`` per domain; where the features hold fewer clips than the labels (or more), both are cut to
+    the shorter. Unlabelled records (a test split without annotations) give rows and no scores.
     """
+    if scorer not in SCORERS:
+        raise ValueError(f"`scorer` must be one of {SCORERS}, got {scorer!r}")
     rows = predict_dataset(model, dataset, batch_size=batch_size)
     records = dataset.records
     if not any(r.has_labels for r in records):
@@ -92,6 +104,8 @@ def evaluate_grounding(
         raise ValueError(
             f"{dataset.name}: some records have labels and some not (e.g. qid={unlabelled[0]!r})"
         )
+    if scorer != "qvhighlights":
+        return rows, _umt_scores(rows, records, scorer)
     with_windows = [bool(r.windows) for r in records]
     scored = rows
     if not any(with_windows):
@@ -110,6 +124,27 @@ def evaluate_grounding(
     if ordered:
         scores[ORDER_KEY] = 100 * top1_recall(rows, ordered, 0.5)
     return rows, scores
+
+
+def _umt_scores(
+    rows: Sequence[Mapping[str, Any]], records: Sequence[GroundingRecord], scorer: str
+) -> dict[str, float]:
+    """UMT's YouTube Highlights / TVSum mAP of the rows' saliency against each record's per-clip labels."""
+    predictions, references = [], []
+    for row, record in zip(rows, records, strict=True):
+        labels = [scores for _, scores in sorted(zip(record.clip_ids, record.saliency, strict=True))]
+        length = min(len(labels), len(row["pred_saliency_scores"]))
+        predictions.append(list(row["pred_saliency_scores"][:length]))
+        reference: dict[str, Any] = {"vid": record.vid}
+        if record.extra.get("domain") is not None:
+            reference["domain"] = str(record.extra["domain"])
+        if scorer == "youtube":
+            reference["labels"] = [scores[0] for scores in labels[:length]]
+        else:
+            reference["annotations"] = [list(scores) for scores in labels[:length]]
+        references.append(reference)
+    compute = youtube_highlights_scores if scorer == "youtube" else tvsum_scores
+    return {f"UMT-{key}": value for key, value in compute(predictions, references).items()}
 
 
 def _by_qid(rows: Iterable[Mapping[str, Any]]) -> dict[Any, Mapping[str, Any]]:

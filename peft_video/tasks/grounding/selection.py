@@ -16,38 +16,50 @@ import torch
 from transformers import TrainerCallback
 
 from .data import GroundingDataset
-from .evaluation import evaluate_grounding
+from .evaluation import UMT_KEY, evaluate_grounding
 
 __all__ = ["ValidationSelection", "default_selection_metric"]
 
 logger = logging.getLogger(__name__)
 
 
-def default_selection_metric(dataset: GroundingDataset) -> str:
-    """``MR-full-mAP`` when the records have moment windows, else ``HL-min-VeryGood-mAP`` (highlight-only data)."""
+def default_selection_metric(dataset: GroundingDataset, scorer: str = "qvhighlights") -> str:
+    """UMT's mAP for ``scorer`` ``"youtube"`` / ``"tvsum"``; else ``MR-full-mAP`` when the records have moment
+    windows, ``HL-min-VeryGood-mAP`` when they do not (highlight-only data)."""
     if not all(r.has_labels for r in dataset.records):
         raise ValueError(f"validation data {dataset.name!r} must be labelled to select a model on it")
+    if scorer != "qvhighlights":
+        return UMT_KEY
     return "MR-full-mAP" if all(r.windows for r in dataset.records) else "HL-min-VeryGood-mAP"
 
 
 class ValidationSelection(TrainerCallback):
     """Score on ``dataset`` every ``every`` steps; restore the best trainable weights by ``metric`` at train end.
 
+    ``scorer`` is :func:`~.evaluation.evaluate_grounding`'s; ``metric`` defaults to :func:`default_selection_metric`.
+
     After training: ``best_step``, ``best_score`` and ``history`` (``[(step, score), ...]``).
     """
 
-    def __init__(self, dataset: GroundingDataset, *, every: int, metric: str | None = None) -> None:
+    def __init__(
+        self,
+        dataset: GroundingDataset,
+        *,
+        every: int,
+        metric: str | None = None,
+        scorer: str = "qvhighlights",
+    ) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every <= 0:
             raise ValueError(f"`every` must be a positive number of steps, got {every!r}")
-        self.dataset, self.every = dataset, every
-        self.metric = metric or default_selection_metric(dataset)
+        self.dataset, self.every, self.scorer = dataset, every, scorer
+        self.metric = metric or default_selection_metric(dataset, scorer)
         self.best_step: int | None = None
         self.best_score = float("-inf")
         self.history: list[tuple[int, float]] = []
         self._best: dict[str, torch.Tensor] = {}
 
     def _score(self, model: torch.nn.Module, step: int) -> None:
-        _, scores = evaluate_grounding(model, self.dataset)
+        _, scores = evaluate_grounding(model, self.dataset, scorer=self.scorer)
         if self.metric not in scores:
             raise ValueError(
                 f"selection metric {self.metric!r} is not among the validation scores {sorted(scores)}"
