@@ -150,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--output-dir", type=Path, default=Path("outputs") / "grounding")
     parser.add_argument("--save", action="store_true", help="save each trained adapter / trainable tensors")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the runs whose metrics.json is already in --output-dir (an interrupted or split comparison)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars or per-step logs")
     return parser
 
@@ -458,17 +463,20 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         for domain, splits in load_splits(args, seed).items():
             for run in methods:
                 began = time.perf_counter()
-                row = train_and_score(
-                    args, run, splits, seed, args.output_dir / domain / f"seed{seed}" / run.name
-                )
-                row.update(domain=domain, wall_seconds=time.perf_counter() - began)
+                run_dir = args.output_dir / domain / f"seed{seed}" / run.name
+                if args.resume and (run_dir / "metrics.json").is_file():
+                    row = json.loads((run_dir / "metrics.json").read_text())
+                else:
+                    row = train_and_score(args, run, splits, seed, run_dir)
+                    row.update(wall_seconds=time.perf_counter() - began)
+                row.update(domain=domain)
                 runs.append(row)
                 shown = "  ".join(
                     f"{title} {row[key]:5.1f}" for key, title in PRINTED if row.get(key) is not None
                 )
                 print(
                     f"grounding {domain:9s} {run.name:12s} seed {seed}: {shown}  "
-                    f"(step {row['best_step']}, {row['wall_seconds']:.0f} s)",
+                    f"(step {row['best_step']}, {row.get('wall_seconds', 0):.0f} s)",
                     flush=True,
                 )
     keys = [*grounding.SCORE_KEYS, grounding.UMT_KEY, grounding.ORDER_KEY, "best_step", "seconds_per_step"]

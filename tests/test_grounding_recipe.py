@@ -131,6 +131,11 @@ def test_real_features_of_other_widths_rebuild_the_projections_which_every_metho
         by_method["read"]["domain"] == "data" and by_method["read"]["train_queries"] == 5
     )  # 1 of 6 held out
     assert (tmp_path / "out" / "data" / "seed0" / "read" / "predictions.jsonl").is_file()
+    (tmp_path / "out" / "data" / "seed0" / "read" / "predictions.jsonl").unlink()
+    args = real_args(tmp_path, annotations, dirs, query_dir, "--method", "frozen", "read", "--resume")
+    again = {row["method"]: row for row in recipe.main(args)}  # read back, not run again
+    assert again["read"]["MR-full-mAP"] == by_method["read"]["MR-full-mAP"]
+    assert not (tmp_path / "out" / "data" / "seed0" / "read" / "predictions.jsonl").exists()
 
 
 def test_youtube_highlights_files_train_one_model_per_domain_scored_by_umt_map(tmp_path):
