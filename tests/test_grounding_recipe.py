@@ -282,3 +282,38 @@ def test_quick_demo_part_runs_every_demo_method_through_the_demo_runner(tmp_path
         assert 0 <= row["MR-full-mAP"] <= 100 and 0 <= row["HL-min-VeryGood-mAP"] <= 100, method
         assert (out / recipe.DEMO_DOMAIN / "seed0" / method / "predictions.jsonl").is_file()
     assert (out / "scores_vs_params.png").is_file() and "| read+pvla |" in (out / "results.md").read_text()
+
+
+def test_validation_selection_restores_the_weights_of_the_best_scored_step(tmp_path):
+    import torch
+    from transformers import TrainingArguments
+
+    from peft_video.tasks import prepare_model
+    from peft_video.tasks.grounding import (
+        GroundingTrainer,
+        ValidationSelection,
+        build_split,
+        evaluate_grounding,
+        load_grounding_backbone,
+    )
+
+    torch.manual_seed(0)
+    train, validation = build_split("colours", "train", 3), build_split("colours", "validation", 2)
+    model = prepare_model(load_grounding_backbone("tiny"), "lora")
+    selection = ValidationSelection(validation, every=2)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        max_steps=6,
+        learning_rate=0.1,  # too large on purpose: training overshoots after the first steps
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    GroundingTrainer(model=model, args=args, train_dataset=train, callbacks=[selection]).train()
+    assert [step for step, _ in selection.history] == [2, 4, 6]
+    assert selection.best_step < 6  # the last step's weights were not the best: they were replaced
+    assert selection.best_score == max(score for _, score in selection.history)
+    assert evaluate_grounding(model, validation)[1]["MR-full-mAP"] == selection.best_score
+    assert selection.seconds > 0

@@ -10,6 +10,7 @@ restores the selected model exactly; the test split is never looked at.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import torch
@@ -38,7 +39,8 @@ class ValidationSelection(TrainerCallback):
 
     ``scorer`` is :func:`~.evaluation.evaluate_grounding`'s; ``metric`` defaults to :func:`default_selection_metric`.
 
-    After training: ``best_step``, ``best_score`` and ``history`` (``[(step, score), ...]``).
+    After training: ``best_step``, ``best_score``, ``history`` (``[(step, score), ...]``) and ``seconds`` (the time
+    spent scoring, which the Trainer's runtime includes).
     """
 
     def __init__(
@@ -56,9 +58,11 @@ class ValidationSelection(TrainerCallback):
         self.best_step: int | None = None
         self.best_score = float("-inf")
         self.history: list[tuple[int, float]] = []
+        self.seconds = 0.0
         self._best: dict[str, torch.Tensor] = {}
 
     def _score(self, model: torch.nn.Module, step: int) -> None:
+        start = time.perf_counter()
         _, scores = evaluate_grounding(model, self.dataset, scorer=self.scorer)
         if self.metric not in scores:
             raise ValueError(
@@ -69,6 +73,7 @@ class ValidationSelection(TrainerCallback):
         if score > self.best_score:
             self.best_score, self.best_step = score, step
             self._best = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+        self.seconds += time.perf_counter() - start
 
     def on_step_end(self, args: Any, state: Any, control: Any, model: torch.nn.Module = None, **kwargs: Any):
         if state.global_step % self.every == 0 or state.global_step >= state.max_steps:
