@@ -70,17 +70,19 @@ CAPTION_SERIES: tuple[Series, ...] = (
 SCORE_KEYS = ("Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "temporal_fact_accuracy", "temporal_pair_accuracy")
 DEFAULT_LEARNING_RATES = {
     "frozen": 0.0,
-    "full": 5e-4,
-    "bitfit": 5e-3,
-    "partial": 2e-3,
-    "proj": 5e-3,
-    "lora": 5e-3,
-    "adapter": 5e-3,
-    "read": 5e-3,
-    "token_mix": 2e-3,
+    "full": 1e-3,
+    "bitfit": 1e-2,
+    "partial": 1e-2,
+    "proj": 1e-2,
+    "lora": 1e-2,
+    "adapter": 1e-2,
+    "read": 1e-2,
+    "token_mix": 1e-2,
 }
-"""Peak learning rates for the shipped tiny captioner (every method also trains the decoder's embeddings and LM
-head, whose event words it never saw in pretraining); pass ``--lr`` for real backbones (Token Mixing: 1e-5)."""
+"""Peak learning rates for the shipped tiny captioner: one rate, 1e-2, for every method (all of them also train the
+decoder's embeddings and language head, which must learn the event words the still-frame pretraining never showed),
+chosen on the validation split from token_mix's and partial's curves at 2e-3, 5e-3 and 1e-2; ``full`` moves the
+pretrained decoder too and gets 1e-3. Pass ``--lr`` for real backbones (Token Mixing: 1e-5)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,9 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-videos", type=int, default=256, help="synthetic test videos (held-out combinations)"
     )
     parser.add_argument("--num-frames", type=int, default=8)
-    parser.add_argument("--max-steps", type=int, default=400)
+    parser.add_argument("--max-steps", type=int, default=1500)
     parser.add_argument(
-        "--eval-every", type=int, default=100, help="validate every N steps (model selection)"
+        "--eval-every", type=int, default=300, help="validate every N steps (model selection)"
     )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=None, help="default: the method's (tiny captioner)")
@@ -355,15 +357,15 @@ def report(runs: list[dict[str, Any]], output_dir: Path, title: str) -> dict[str
     return write_results(rows, output_dir, CAPTION_COLUMNS, CAPTION_SERIES, title, runs=runs)
 
 
-DEMO_METHODS = ("frozen", "partial", "lora", "token_mix")
+DEMO_METHODS = ("frozen", "partial", "token_mix")
 DEMO_BUDGET = {
     "train_videos": 1024,
     "val_videos": 64,
     "eval_videos": 256,
-    "max_steps": 400,
-    "eval_every": 100,
+    "max_steps": 500,
+    "eval_every": 250,
 }
-DEMO_QUICK = {"train_videos": 512, "val_videos": 32, "eval_videos": 64, "max_steps": 120, "eval_every": 60}
+DEMO_QUICK = {"train_videos": 512, "val_videos": 32, "eval_videos": 64, "max_steps": 150, "eval_every": 75}
 
 
 def demo(
