@@ -44,6 +44,7 @@ TOWER_BLOCK_LISTS: dict[str, dict[str, tuple[str, ...]]] = {
     # BLIP's text tower is BERT-shaped (`text_model.encoder.layer`, cross-attention): no tuner adapts it
     "blip": {VISION: ("vision_model.encoder.layers",)},
     "blip_vision_model": {VISION: ("encoder.layers",)},
+    "video_blip_caption": {VISION: ("vision_model.encoder.layers",)},  # tasks/captioning: BLIP on videos
     # transformers 5 names ViT's blocks `layers` (`vit.layers` in task heads); 4.x `encoder.layer`
     "vit": {VISION: ("layers", "encoder.layer")},
     # open_clip: CLIP has `visual.transformer.resblocks` and the text `transformer.resblocks`; a bare

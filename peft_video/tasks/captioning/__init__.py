@@ -1,1 +1,24 @@
-"""Video captioning on BLIP with Token Mixing (Token Mixing's main task): model, data, metrics, training."""
+"""Video captioning on BLIP with Token Mixing (Token Mixing's main task): model, data, metrics, training.
+
+* :class:`VideoBlipForCaptioning` / :class:`VideoBlipCaptionConfig`: BLIP's captioner reading B videos of T frames
+  (frame tokens flattened into the decoder's cross-attention); every registry method applies to its vision tower.
+* Metrics: the ``coco_caption`` module (``peft_video.metrics.load("coco_caption")``) in ``metrics/``.
+"""
+
+from .modeling import (
+    LM_HEAD,
+    PAPER_ALSO_TRAINED,
+    VISION_BLOCKS,
+    VideoBlipCaptionConfig,
+    VideoBlipForCaptioning,
+    encoder_updated_parameters,
+)
+
+__all__ = [
+    "LM_HEAD",
+    "PAPER_ALSO_TRAINED",
+    "VISION_BLOCKS",
+    "VideoBlipCaptionConfig",
+    "VideoBlipForCaptioning",
+    "encoder_updated_parameters",
+]

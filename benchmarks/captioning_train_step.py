@@ -1,0 +1,183 @@
+"""Training-step time and memory of token mixing against partial fine-tuning, LoRA and full fine-tuning on a BLIP
+ViT-B/16-sized video captioner, and beam-search generation time with and without mixing, in one process.
+
+The captioner is ``VideoBlipForCaptioning`` at BLIP base size (ViT-B/16 at 224 px, a 12-layer BERT-base decoder with
+cross-attention) with random weights; a batch of 4 videos x 8 frames and 32-token captions. Each method is prepared
+as the captioning recipe prepares it (``prepare_captioner``): every method also trains the paper's extra modules
+(vision embeddings and final LayerNorm, decoder embeddings, language head), so backward reaches the patch projection
+in every row. ``partial`` is the last block tuned without mixing (TokenMix with ``strategy="none"``, the paper's
+Table 3 ablation), so ``token_mix / partial`` is the cost of the mixing itself. A step is forward (LM loss), backward
+and AdamW; methods run in interleaved rounds on the same batch and times are medians. Memory: bytes of the tensors
+saved for backward plus trainable state (parameter, gradient, two AdamW moments), as ``benchmarks/train_step.py``
+counts them; on CUDA also the peak allocated memory of a step.
+
+    python benchmarks/captioning_train_step.py [--rounds 2] [--threads 1] [--clock process] [--device cuda]
+
+Target: token_mix <= 1.05 x partial and below LoRA, on CPU and GPU alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from peft_video.tasks.captioning import VideoBlipCaptionConfig, VideoBlipForCaptioning
+from peft_video.tasks.captioning.training import prepare_captioner
+
+VIDEOS, FRAMES, IMAGE, TOKENS = 4, 8, 224, 32
+METHODS = ("partial", "token_mix", "lora", "full")
+
+
+def blip_base_config() -> VideoBlipCaptionConfig:
+    """BLIP base's captioner: ViT-B/16 (768 wide, 12 blocks, 12 heads) and a BERT-base decoder (12 heads)."""
+    return VideoBlipCaptionConfig(
+        num_frames=FRAMES,
+        vision_config={"image_size": IMAGE, "patch_size": 16, "initializer_range": 0.02},
+        text_config={"num_attention_heads": 12},
+    )
+
+
+def saved_tensor_bytes(step: Callable[[], torch.Tensor]) -> int:
+    """Bytes of distinct storages autograd saves for backward during ``step()``'s forward pass."""
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = step()
+    loss.backward()
+    return sum(storages.values())
+
+
+class Runner:
+    """One method's model, optimiser and training step on the shared batch."""
+
+    def __init__(self, name: str, model: torch.nn.Module, batch: dict, clock: Callable[[], float]) -> None:
+        self.name, self.model, self.batch, self.clock = name, model.train(), batch, clock
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=1e-5)
+        self.times: list[float] = []
+
+    def forward_loss(self) -> torch.Tensor:
+        return self.model(**self.batch).loss
+
+    def step(self) -> None:
+        self.forward_loss().backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def timed_step(self) -> None:
+        synchronize(self.batch["pixel_values"].device)
+        start = self.clock()
+        self.step()
+        synchronize(self.batch["pixel_values"].device)
+        self.times.append(self.clock() - start)
+
+    def trainable_state_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() * 4 for p in self.params)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+@torch.no_grad()
+def generation_seconds(model: torch.nn.Module, pixels: torch.Tensor, clock: Callable[[], float]) -> float:
+    """Seconds per video of beam-3 generation (max 32 tokens, min 32: every beam runs the full length, so the
+    comparison is not moved by where random weights happen to stop)."""
+    model.eval()
+    synchronize(pixels.device)
+    start = clock()
+    model.generate(pixel_values=pixels, num_beams=3, max_length=TOKENS, min_length=TOKENS)
+    synchronize(pixels.device)
+    model.train()
+    return (clock() - start) / pixels.shape[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved timed steps per method")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument(
+        "--clock", choices=["wall", "process"], default="process", help="process: this process's CPU"
+    )
+    parser.add_argument("--no-generation", action="store_true", help="skip the generation timing")
+    args = parser.parse_args()
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    torch.manual_seed(0)
+    backbone = VideoBlipForCaptioning(blip_base_config())
+    g = torch.Generator().manual_seed(0)
+    batch = {
+        "pixel_values": torch.randn(VIDEOS, FRAMES, 3, IMAGE, IMAGE, generator=g).to(device),
+        "input_ids": torch.randint(1000, 30000, (VIDEOS, TOKENS), generator=g).to(device),
+        "attention_mask": torch.ones(VIDEOS, TOKENS, dtype=torch.long, device=device),
+    }
+    runners = []
+    for name in args.methods:
+        model = prepare_captioner(copy.deepcopy(backbone), name).to(device)
+        runners.append(Runner(name, model, batch, clock))
+
+    memory = {}
+    for runner in runners:
+        runner.step()  # warm-up (allocator, lazy init)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        activations = saved_tensor_bytes(runner.forward_loss)
+        runner.optimizer.zero_grad(set_to_none=True)
+        peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
+        memory[runner.name] = (activations + runner.trainable_state_bytes(), peak)
+        print(f"prepared {runner.name}", flush=True)
+    for _ in range(args.rounds):
+        for runner in runners:
+            runner.timed_step()
+
+    by_name = {r.name: r for r in runners}
+    base = by_name.get("partial")
+    base_time = statistics.median(base.times) if base else None
+    base_mem = memory["partial"][0] if base else None
+    print(
+        f"\nBLIP ViT-B/16 captioner (random init), {VIDEOS} videos x {FRAMES} frames at {IMAGE}px, {TOKENS}-token "
+        f"captions, device={device}, threads={args.threads}, {args.clock} clock, median of {args.rounds} interleaved steps"
+    )
+    print(
+        f"{'method':<11}{'trainable':>13}{'step s':>9}{'x partial':>11}{'memory GB':>11}{'x partial':>11}{'cuda peak GB':>14}"
+    )
+    for runner in runners:
+        median = statistics.median(runner.times)
+        mem, peak = memory[runner.name]
+        ratio_t = f"{median / base_time:.3f}" if base_time else "-"
+        ratio_m = f"{mem / base_mem:.3f}" if base_mem else "-"
+        peak_s = f"{peak / 1e9:.2f}" if peak is not None else "-"
+        trainable = sum(p.numel() for p in runner.params)
+        print(
+            f"{runner.name:<11}{trainable:>13,}{median:>9.2f}{ratio_t:>11}{mem / 1e9:>11.2f}{ratio_m:>11}{peak_s:>14}"
+        )
+
+    if not args.no_generation and "token_mix" in by_name and "partial" in by_name:
+        pixels = batch["pixel_values"][:2]
+        with_mix = generation_seconds(by_name["token_mix"].model, pixels, clock)
+        without = generation_seconds(by_name["partial"].model, pixels, clock)
+        print(
+            f"\nbeam-3 generation, {TOKENS} tokens: {with_mix:.2f} s/video with mixing, {without:.2f} without "
+            f"(x{with_mix / without:.3f})"
+        )
+
+
+if __name__ == "__main__":
+    main()
