@@ -2,10 +2,14 @@
 
 * :class:`VisionGuidedBart` / :class:`VisionGuidedT5` and their configs (registered with ``AutoConfig`` /
   ``AutoModelForSeq2SeqLM`` as ``peft_video_vg_bart`` / ``peft_video_vg_t5``).
+* Data (:mod:`.data`): How2 layout and jsonl readers, ``.npy`` features, the collator; the synthetic world
+  (:mod:`.synthetic`); training and scoring with ``Seq2SeqTrainer`` (:mod:`.training`).
+* The shipped tiny BART and T5: :func:`tiny_summarizer_path`, :func:`load_summarizer`.
 """
 
 from transformers import AutoConfig, AutoModelForSeq2SeqLM
 
+from .assets import BACKBONES, load_summarizer, tiny_summarizer_path
 from .configuration import VIDEO_FIELDS, VisionGuidedBartConfig, VisionGuidedT5Config, video_fields
 from .modeling import FusedEncoder, VideoEncoder, VisionGuidedBart, VisionGuidedFusion, VisionGuidedT5
 
@@ -14,6 +18,9 @@ for _config, _model in ((VisionGuidedBartConfig, VisionGuidedBart), (VisionGuide
     AutoModelForSeq2SeqLM.register(_config, _model, exist_ok=True)
 
 __all__ = [
+    "BACKBONES",
+    "load_summarizer",
+    "tiny_summarizer_path",
     "VIDEO_FIELDS",
     "FusedEncoder",
     "VideoEncoder",

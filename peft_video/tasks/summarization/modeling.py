@@ -278,6 +278,11 @@ class _VisionGuidedMixin:
             input_ids=input_ids, attention_mask=attention_mask, encoder_outputs=encoder_outputs, **kwargs
         )
 
+    def generate(self, *args: Any, labels: Tensor | None = None, **kwargs: Any) -> Any:
+        """``generate()`` of the text model; ``labels`` (which ``Seq2SeqTrainer`` passes along with the inputs) are
+        not a generation input and are dropped."""
+        return super().generate(*args, **kwargs)
+
     # ------------------------------------------------------------------------------------------ the method registry
 
     def method_targets(self) -> Any:

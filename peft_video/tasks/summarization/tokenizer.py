@@ -2,7 +2,8 @@
 
 The shipped tiny summarizers use them: saved next to the model, they load with ``AutoTokenizer.from_pretrained``
 like a Hub checkpoint's tokenizer. BART: ``<s>`` 0, ``<pad>`` 1, ``</s>`` 2, ``<unk>`` 3, ``<mask>`` 4, sequences
-``<s> w1 ... wn </s>``. T5: ``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2, sequences ``w1 ... wn </s>``.
+``<s> w1 ... wn </s>``. T5: ``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2, ``<extra_id_0>`` 3 (its mask token: T5's first
+sentinel), sequences ``w1 ... wn </s>``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ __all__ = ["SPECIALS", "build_summarization_tokenizer"]
 
 SPECIALS: dict[str, tuple[str, ...]] = {
     "bart": ("<s>", "<pad>", "</s>", "<unk>", "<mask>"),
-    "t5": ("<pad>", "</s>", "<unk>"),
+    "t5": ("<pad>", "</s>", "<unk>", "<extra_id_0>"),
 }
 
 
@@ -40,7 +41,7 @@ def build_summarization_tokenizer(
         extra = {"bos_token": "<s>", "mask_token": "<mask>"}
     else:
         single, tokens = "$A </s>", [("</s>", 1)]
-        extra = {}
+        extra = {"mask_token": "<extra_id_0>"}
     backend.post_processor = processors.TemplateProcessing(single=single, special_tokens=tokens)
     backend.decoder = None
     return PreTrainedTokenizerFast(
