@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 TASK_RECIPES: dict[str, str] = {
     "retrieval": "text_video_retrieval",
+    "summarization": "video_summarization",
 }
 """Each task of the demo and the recipe module (beside this file) whose ``demo()`` runs its part."""
 

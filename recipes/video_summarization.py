@@ -22,6 +22,7 @@ no repeated trigram. Writes ``summaries.jsonl`` (per seed), ``results.json``, ``
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import time
@@ -35,6 +36,7 @@ from peft_video.tasks import METHODS, prepare_model, trainable_parameters
 from peft_video.tasks.cli import positive_int, quiet_libraries, run_recipe
 from peft_video.tasks.methods import DEFAULT_LEARNING_RATES, SELECTIVE_METHODS, save_trainable
 from peft_video.tasks.report import Column, Series, aggregate_seeds, count, fixed, write_results
+from peft_video.tasks.summarization.synthetic import VIDEO_ONLY_CHANCE
 
 SUMMARY_METHODS = tuple(m for m in METHODS if m not in ("rap", "token_mix"))
 SYNTHETIC_WIDTH = 64  # the shipped tiny CLIP's clip features
@@ -44,14 +46,14 @@ SUMMARY_COLUMNS: tuple[Column, ...] = (
     Column("rouge1", "R-1", fixed(1)),
     Column("rouge2", "R-2", fixed(1)),
     Column("rougeL", "R-L", fixed(1)),
-    Column("video_only_words", "video-only words (%)", fixed(1)),
+    Column("video_only_words", "video-only words right (%)", fixed(1)),
     Column("both_objects_named", "both objects named (%)", fixed(1)),
     Column("order_accuracy", "order acc. (%)", fixed(1)),
     Column("seconds_per_step", "s / step", fixed(3)),
 )
 SUMMARY_SERIES: tuple[Series, ...] = (
     Series("rougeL", 1.0, "ROUGE-L"),
-    Series("video_only_words", 1.0, "video-only words"),
+    Series("video_only_words", 1.0, "video-only words right", chance=VIDEO_ONLY_CHANCE),
     Series("order_accuracy", 1.0, "order accuracy (of both named)", chance=50.0),
 )
 METRIC_KEYS = [c.key for c in SUMMARY_COLUMNS[2:]]
@@ -155,18 +157,25 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError("How2 data needs `--feature-dir` (the {id}.npy video features), or `--text-only`")
 
 
+@functools.lru_cache(maxsize=8)
+def synthetic_split(split: str, size: int, seed: int) -> tuple[Any, Any]:
+    """A split of the synthetic world with its clip features, built once per process (the demo's runs share it)."""
+    from peft_video.tasks.summarization import synthetic
+
+    return synthetic.build_split(split, size, seed=seed)
+
+
 class Data:
     """Encoded train / validation / eval examples, the eval references and (synthetic) the eval examples."""
 
     def __init__(self, args: argparse.Namespace, tokenizer: Any, seed: int, width: int) -> None:
         from peft_video.tasks.summarization import data as io
-        from peft_video.tasks.summarization import synthetic
 
         limits = (args.max_source_tokens, args.max_target_tokens)
         self.synthetic = not (args.train_dir or args.train_file)
         if self.synthetic:
             world = {
-                split: synthetic.build_split(split, size, seed=seed)
+                split: synthetic_split(split, size, seed)
                 for split, size in (
                     ("train", args.train_size),
                     ("validation", args.validation_size),
@@ -312,14 +321,14 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 DEMO_RUNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("text-only full", ("--method", "full", "--text-only")),
     ("frozen", ("--method", "frozen")),
-    ("full", ("--method", "full")),
     ("lora", ("--method", "lora")),
-    ("adapter", ("--method", "adapter")),
     ("read", ("--method", "read")),
     ("read+pvla", ("--method", "read", "--pvla", "0.1")),
 )
-DEMO_BUDGET = {"train_size": 512, "eval_size": 256, "max_steps": 400}
-DEMO_QUICK = {"train_size": 256, "eval_size": 128, "max_steps": 150}
+"""The demo's rows: the text-only model (fully fine-tuned: the best it can do), the fusion alone (frozen), LoRA, READ
+and READ + PVLA on VG-BART; the full comparison (every method, T5 too) is the recipe's."""
+DEMO_BUDGET = {"train_size": 512, "eval_size": 128, "max_steps": 250}
+DEMO_QUICK = {"train_size": 256, "eval_size": 64, "max_steps": 150}
 
 
 def demo(
@@ -347,6 +356,7 @@ def demo(
                 *("--seeds", *map(str, seeds), "--threads", str(threads)),
                 *("--max-steps", str(budget["max_steps"]), "--train-size", str(budget["train_size"])),
                 *("--eval-size", str(budget["eval_size"]), "--batch-size", "16"),
+                *("--eval-steps", str(max(1, budget["max_steps"] // 2))),
                 *("--output-dir", str(output_dir / label.replace(" ", "_"))),
                 *(["--quiet"] if quiet else []),
             ]
@@ -355,9 +365,10 @@ def demo(
         for row in run(run_args):
             row.update(method=label, wall_seconds=time.perf_counter() - began)
             runs.append(row)
+            order = "—" if row["order_accuracy"] is None else f"{row['order_accuracy']:5.1f}%"
             print(
-                f"summarization {label:15s} seed {row['seed']}: R-L {row['rougeL']:5.1f}  video-only words "
-                f"{row['video_only_words']:5.1f}%  order {row['order_accuracy']:5.1f}%",
+                f"summarization {label:15s} seed {row['seed']}: R-L {row['rougeL']:5.1f}  video-only words right "
+                f"{row['video_only_words']:5.1f}%  order {order}",
                 flush=True,
             )
     return {

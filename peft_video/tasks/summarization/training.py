@@ -48,10 +48,10 @@ def summary_metrics(
     predictions: Sequence[str],
     references: Sequence[str],
     examples: Sequence[SyntheticExample] | None = None,
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """ROUGE-1 / 2 / L (percent, the house ``rouge`` metric) and, for synthetic examples (percent): the share of
-    video-only words the summaries contain, the share of summaries that name both objects of their video, and the
-    order accuracy over those (the first-named of the two is the first event; chance 50%, NaN if none)."""
+    video-only slots (colour, shape, direction of each event) filled with the right word, the share of summaries that name both objects of their video, and the
+    order accuracy over those (the first-named of the two is the first event; chance 50%; None if none)."""
     import peft_video
 
     if len(predictions) != len(references):
@@ -64,12 +64,12 @@ def summary_metrics(
         if len(examples) != len(predictions):
             raise ValueError(f"{len(examples)} examples for {len(predictions)} predictions")
         scores["video_only_words"] = 100 * float(
-            np.mean([video_only_share(p, e.summary) for p, e in zip(predictions, examples, strict=True)])
+            np.mean([video_only_share(p, e) for p, e in zip(predictions, examples, strict=True)])
         )
         orders = [order_correct(p, e) for p, e in zip(predictions, examples, strict=True)]
         judged = [o for o in orders if o is not None]
         scores["both_objects_named"] = 100 * len(judged) / len(orders)
-        scores["order_accuracy"] = 100 * float(np.mean(judged)) if judged else float("nan")
+        scores["order_accuracy"] = 100 * float(np.mean(judged)) if judged else None
     return scores
 
 
