@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 TASK_RECIPES: dict[str, str] = {
     "retrieval": "text_video_retrieval",
     "grounding": "temporal_grounding",
+    "summarization": "video_summarization",
     "captioning": "video_captioning",
 }
 """Each task of the demo and the recipe module (beside this file) whose ``demo()`` runs its part."""
