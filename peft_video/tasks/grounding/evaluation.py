@@ -74,7 +74,6 @@ GROUNDING_COLUMNS: tuple[Column, ...] = (
 """The grounding comparison's table (scores in percent; "selected step": the step chosen on validation)."""
 GROUNDING_SERIES: tuple[Series, ...] = (
     Series("MR-full-mAP", 1.0, "moment retrieval mAP"),
-    Series("MR-full-R1@0.5", 1.0, "R1@0.5"),
     Series("HL-min-VeryGood-mAP", 1.0, "highlight mAP (VeryGood)"),
     Series(UMT_KEY, 1.0, "highlight mAP (UMT)"),
 )
