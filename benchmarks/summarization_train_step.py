@@ -59,7 +59,9 @@ def floor(model: VisionGuidedBart) -> nn.Module:
     """Frozen but the fusion; the token embeddings' output requires grad, so backward crosses every block."""
     model.requires_grad_(False)
     model.fusion.requires_grad_(True)
-    model.model.shared.register_forward_hook(lambda module, args, out: out.requires_grad_(True))
+    # the encoder's and the decoder's own embedding modules (they share `model.shared`'s weight, not the module)
+    for embeddings in (model.model.encoder.embed_tokens, model.model.decoder.embed_tokens):
+        embeddings.register_forward_hook(lambda module, args, out: out.requires_grad_(True))
     return model
 
 
