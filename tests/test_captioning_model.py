@@ -199,3 +199,27 @@ def test_save_and_load_in_a_fresh_process(tmp_path):
     )
     assert out.strip().splitlines()[-1] == str(expected.tolist())
     assert isinstance(model, PeftModel)
+
+
+def test_the_registrys_own_partial_tunes_the_same_block():
+    from peft_video.tasks.methods import prepare_model
+
+    plain = prepare_model(tiny_model(), "partial", also_train=list(PAPER_ALSO_TRAINED))
+    vision = {n for n, p in plain.named_parameters() if p.requires_grad and "vision_model.encoder" in n}
+    assert vision and all(n.startswith(BLOCK) for n in vision)
+    assert encoder_updated_parameters(plain) == encoder_updated_parameters(
+        prepare_captioner(tiny_model(), "partial")
+    )
+
+
+def test_read_recurs_over_frames_and_sees_their_order():
+    model = prepare_captioner(tiny_model(), "read")
+    assert model.peft_config["default"].recurrence_axis == "frames"
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.requires_grad and "vision_model.encoder" in name:
+                parameter.add_(0.3 * torch.randn_like(parameter))
+    inner = model.base_model.model
+    pixels = videos()
+    difference = inner.encode_video(pixels.flip(1)) - _frames_reversed(inner.encode_video(pixels))
+    assert difference.abs().max() > 1e-3
