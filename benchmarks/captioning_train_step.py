@@ -115,6 +115,12 @@ def main() -> None:
         "--clock", choices=["wall", "process"], default="process", help="process: this process's CPU"
     )
     parser.add_argument("--no-generation", action="store_true", help="skip the generation timing")
+    parser.add_argument(
+        "--warmup",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="an untimed step before the memory pass (which itself warms up the allocator: --no-warmup on slow CPUs)",
+    )
     args = parser.parse_args()
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     torch.set_num_threads(args.threads)
@@ -135,7 +141,8 @@ def main() -> None:
 
     memory = {}
     for runner in runners:
-        runner.step()  # warm-up (allocator, lazy init)
+        if args.warmup:
+            runner.step()  # warm-up (allocator, lazy init)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         activations = saved_tensor_bytes(runner.forward_loss)
