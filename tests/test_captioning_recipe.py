@@ -120,3 +120,15 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path, args, message, capsys, m
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], lines
+
+
+def test_demo_part_returns_runs_columns_and_series(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    recipe = importlib.import_module("video_captioning")
+    part = recipe.demo(
+        seeds=[0], quick=True, quiet=True, threads=1, output_dir=tmp_path, methods=["frozen"], max_steps=2
+    )
+    assert [run["method"] for run in part["runs"]] == ["frozen"]
+    assert part["columns"] == recipe.CAPTION_COLUMNS and "CIDEr" in part["keys"]
+    assert (tmp_path / "seed0" / "frozen" / "captions.json").is_file()
+    assert "captioning" in importlib.import_module("demo").TASK_RECIPES
