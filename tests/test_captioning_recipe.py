@@ -99,6 +99,22 @@ def test_real_format_data_and_save(tmp_path):
         metrics["selected_step"] == 4 and metrics["validation"] is None
     )  # no validation split: the last step
     assert "temporal_fact_accuracy" not in metrics  # real data: caption metrics only
+    gt = {
+        "images": [{"id": "v0"}],
+        "annotations": [{"image_id": "v0", "id": 1, "caption": "zebras sleeping quietly"}],
+    }
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    proc = run_recipe(
+        *args,
+        "--skip-bad-videos",
+        "--eval-gt",
+        str(tmp_path / "gt.json"),
+        "--output-dir",
+        str(tmp_path / "gt"),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with_gt = json.loads((tmp_path / "gt" / "seed0" / "lora" / "metrics.json").read_text())
+    assert metrics["Bleu_1"] > 0.0 and with_gt["Bleu_1"] == 0.0  # scored against the ground truth's words
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,23 @@ _EVENTS: tuple[tuple[str, str], ...] = (  # (phrase, fact); longer phrases first
 )
 
 
+FAMILY_OF_EVENT: dict[str, str] = {
+    "left to right": "horizontal",
+    "right to left": "horizontal",
+    "down": "vertical",
+    "up": "vertical",
+    "grows": "size",
+    "shrinks": "size",
+    "appears": "visibility",
+    "disappears": "visibility",
+    "towards": "approach",
+    "away": "approach",
+    "appears and then": "sequence",
+    "disappears and then": "sequence",
+}
+"""The event family each temporal fact belongs to (a fact and its time-reverse share it)."""
+
+
 def temporal_fact(caption: str) -> tuple[str, str | None] | None:
     """``(event, first colour)`` of a caption: the direction of its event, and for two-event captions ("... appears
     and then ... appears") the colour named first; None when the caption states no event of the world."""
@@ -55,22 +72,30 @@ def temporal_fact(caption: str) -> tuple[str, str | None] | None:
 def temporal_fact_accuracy(
     predictions: Sequence[str], references: Sequence[str], order_pair_ids: Sequence[int] | None = None
 ) -> dict[str, float]:
-    """Fraction of predictions whose temporal fact equals their reference's (``temporal_fact_accuracy``); with
-    ``order_pair_ids`` also the fraction of order-only pairs with both videos right (``temporal_pair_accuracy``).
+    """Fraction of predictions whose temporal fact equals their reference's (``temporal_fact_accuracy``); among the
+    predictions that name the right kind of event (family), the fraction with the right direction / first event
+    (``direction_accuracy``: exactly 50% for a captioner blind to frame order, which writes the same caption for a
+    clip and its reversal); with ``order_pair_ids`` also the fraction of order-only pairs with both videos right
+    (``temporal_pair_accuracy``).
     A reference without a fact is an error (this scorer is for the synthetic world's captions)."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
     if not predictions:
         raise ValueError("`predictions` must not be empty")
-    right = []
+    right, given_event = [], []
     for index, (prediction, reference) in enumerate(zip(predictions, references, strict=True)):
         truth = temporal_fact(reference)
         if truth is None:
             raise ValueError(
                 f"reference {index} ({reference!r}) states no temporal fact of the synthetic world"
             )
-        right.append(temporal_fact(prediction) == truth)
+        fact = temporal_fact(prediction)
+        right.append(fact == truth)
+        if fact is not None and FAMILY_OF_EVENT[fact[0]] == FAMILY_OF_EVENT[truth[0]]:
+            given_event.append(fact == truth)
     scores = {"temporal_fact_accuracy": sum(right) / len(right)}
+    if given_event:
+        scores["direction_accuracy"] = sum(given_event) / len(given_event)
     if order_pair_ids is not None:
         pairs: dict[int, list[bool]] = {}
         for pair, ok in zip(order_pair_ids, right, strict=True):
