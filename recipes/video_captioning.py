@@ -57,17 +57,17 @@ CAPTION_COLUMNS: tuple[Column, ...] = (
     Column("ROUGE_L", "R", fixed(1)),
     Column("CIDEr", "C", fixed(1)),
     Column("temporal_fact_accuracy", "temporal fact (%)", fixed(1)),
-    Column("direction_accuracy", "direction, right event (%)", fixed(1)),
+    Column("direction_accuracy", "own vs reversed (%)", fixed(1)),
     Column("temporal_pair_accuracy", "both of a pair (%)", fixed(1)),
     Column("seconds_per_step", "s / step", fixed(3)),
 )
 """Token Mixing's Table 1 columns (UP: updated parameters in the video encoder; B4, M, R, C in percent) and the
 synthetic world's temporal facts: is the direction / first event of a generated caption right (of all captions, and
-of those naming the right kind of event, where a frame-order-blind captioner scores exactly 50%), and are both videos
-of an order-only pair (a clip and its reversal) right."""
+of those stating the fact of their clip or of its reversal, where a frame-order-blind captioner scores exactly 50%),
+and are both videos of an order-only pair (a clip and its reversal) right."""
 CAPTION_SERIES: tuple[Series, ...] = (
     Series("CIDEr", 1.0, "CIDEr"),
-    Series("direction_accuracy", 1.0, "direction accuracy, right event (%)", chance=50.0),
+    Series("direction_accuracy", 1.0, "own vs reversed fact (%)", chance=50.0),
 )
 SCORE_KEYS = (
     "Bleu_4",
