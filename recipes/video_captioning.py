@@ -10,7 +10,8 @@ captioner on the synthetic world, whose test split holds out (colour, shape, eve
     python recipes/video_captioning.py --method token_mix --blocks 0          # Figure 4: mix in the first block
     python recipes/video_captioning.py --method token_mix --backbone Salesforce/blip-image-captioning-base \\
         --train-annotations msvd/train.json --val-annotations msvd/val.json --eval-annotations msvd/test.json \\
-        --video-root msvd/frames --num-frames 8 --max-steps 3000 --batch-size 16 --save
+        --eval-gt msvd/test_gt.json --video-root msvd/frames --num-frames 8 --lr 1e-5 --max-steps 3000 \\
+        --batch-size 16 --save
 
 Writes to ``--output-dir``: per run ``seed<S>/<method>/`` with ``captions.json`` (COCO results,
 ``[{"image_id", "caption"}]``), ``metrics.json`` and (``--save``) the adapter; ``results.json``, ``results.md`` and
