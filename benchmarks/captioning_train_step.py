@@ -158,7 +158,12 @@ def main() -> None:
         }
         if not args.no_generation and name in ("token_mix", "partial"):
             generation[name] = generation_seconds(runner.model, batch["pixel_values"][:2], clock)
-        print(f"measured {name}: {results[name]['time']:.2f} s", flush=True)
+        r = results[name]
+        print(
+            f"measured {name}: {r['trainable']:,} trainable, {r['time']:.2f} s/step, {r['memory'] / 1e9:.2f} GB"
+            + (f", generation {generation[name]:.2f} s/video" if name in generation else ""),
+            flush=True,
+        )
         del runner
         gc.collect()
 
