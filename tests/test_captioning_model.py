@@ -223,3 +223,22 @@ def test_read_recurs_over_frames_and_sees_their_order():
     pixels = videos()
     difference = inner.encode_video(pixels.flip(1)) - _frames_reversed(inner.encode_video(pixels))
     assert difference.abs().max() > 1e-3
+
+
+def test_a_plain_blip_caption_checkpoint_loads_with_its_weights(tmp_path):
+    from transformers import BlipConfig, BlipForConditionalGeneration
+
+    config = tiny_config().to_dict()
+    config.pop("model_type", None)
+    config.pop("num_frames", None)
+    torch.manual_seed(0)
+    blip = BlipForConditionalGeneration(BlipConfig(**config)).eval()
+    blip.save_pretrained(tmp_path)
+    model = VideoBlipForCaptioning.from_pretrained(tmp_path).eval()
+    for name, tensor in blip.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], tensor, msg=name)
+    image = videos()[:, 0]
+    expected = blip(pixel_values=image, input_ids=CAPTIONS, attention_mask=MASK).logits
+    torch.testing.assert_close(
+        model(pixel_values=image, input_ids=CAPTIONS, attention_mask=MASK).logits, expected
+    )
