@@ -7,7 +7,7 @@ as the captioning recipe prepares it (``prepare_captioner``): every method also 
 (vision embeddings and final LayerNorm, decoder embeddings, language head), so backward reaches the patch projection
 in every row. ``partial`` is the last block tuned without mixing (TokenMix with ``strategy="none"``, the paper's
 Table 3 ablation), so ``token_mix / partial`` is the cost of the mixing itself. A step is forward (LM loss), backward
-and AdamW; methods run in interleaved rounds on the same batch and times are medians. Memory: bytes of the tensors
+and AdamW on the same batch; methods run one after the other (one model in memory at a time), times are medians. Memory: bytes of the tensors
 saved for backward plus trainable state (parameter, gradient, two AdamW moments), as ``benchmarks/train_step.py``
 counts them; on CUDA also the peak allocated memory of a step.
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import statistics
 import time
 from collections.abc import Callable
@@ -115,6 +116,12 @@ def main() -> None:
         "--clock", choices=["wall", "process"], default="process", help="process: this process's CPU"
     )
     parser.add_argument("--no-generation", action="store_true", help="skip the generation timing")
+    parser.add_argument(
+        "--warmup",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="an untimed step before the memory pass (which itself warms up the allocator: --no-warmup on slow CPUs)",
+    )
     args = parser.parse_args()
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     torch.set_num_threads(args.threads)
@@ -128,54 +135,60 @@ def main() -> None:
         "input_ids": torch.randint(1000, 30000, (VIDEOS, TOKENS), generator=g).to(device),
         "attention_mask": torch.ones(VIDEOS, TOKENS, dtype=torch.long, device=device),
     }
-    runners = []
+    # one method at a time (build, warm up, measure, time, free): four BLIP-base copies with their optimiser states
+    # and activations do not fit a small machine together (13.8 GB resident when they were held at once)
+    results: dict[str, dict] = {}
+    generation: dict[str, float] = {}
     for name in args.methods:
-        model = prepare_captioner(copy.deepcopy(backbone), name).to(device)
-        runners.append(Runner(name, model, batch, clock))
-
-    memory = {}
-    for runner in runners:
-        runner.step()  # warm-up (allocator, lazy init)
+        runner = Runner(name, prepare_captioner(copy.deepcopy(backbone), name).to(device), batch, clock)
+        if args.warmup:
+            runner.step()  # warm-up (allocator, lazy init)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         activations = saved_tensor_bytes(runner.forward_loss)
         runner.optimizer.zero_grad(set_to_none=True)
         peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
-        memory[runner.name] = (activations + runner.trainable_state_bytes(), peak)
-        print(f"prepared {runner.name}", flush=True)
-    for _ in range(args.rounds):
-        for runner in runners:
+        for _ in range(args.rounds):
             runner.timed_step()
+        results[name] = {
+            "time": statistics.median(runner.times),
+            "memory": activations + runner.trainable_state_bytes(),
+            "peak": peak,
+            "trainable": sum(p.numel() for p in runner.params),
+        }
+        if not args.no_generation and name in ("token_mix", "partial"):
+            generation[name] = generation_seconds(runner.model, batch["pixel_values"][:2], clock)
+        r = results[name]
+        print(
+            f"measured {name}: {r['trainable']:,} trainable, {r['time']:.2f} s/step, {r['memory'] / 1e9:.2f} GB"
+            + (f", generation {generation[name]:.2f} s/video" if name in generation else ""),
+            flush=True,
+        )
+        del runner
+        gc.collect()
 
-    by_name = {r.name: r for r in runners}
-    base = by_name.get("partial")
-    base_time = statistics.median(base.times) if base else None
-    base_mem = memory["partial"][0] if base else None
+    base = results.get("partial")
     print(
         f"\nBLIP ViT-B/16 captioner (random init), {VIDEOS} videos x {FRAMES} frames at {IMAGE}px, {TOKENS}-token "
-        f"captions, device={device}, threads={args.threads}, {args.clock} clock, median of {args.rounds} interleaved steps"
+        f"captions, device={device}, threads={args.threads}, {args.clock} clock, median of {args.rounds} step(s)"
     )
     print(
-        f"{'method':<11}{'trainable':>13}{'step s':>9}{'x partial':>11}{'memory GB':>11}{'x partial':>11}{'cuda peak GB':>14}"
+        f"{'method':<11}{'trainable':>13}{'step s':>9}{'x partial':>11}{'memory GB':>11}{'x partial':>11}"
+        f"{'cuda peak GB':>14}"
     )
-    for runner in runners:
-        median = statistics.median(runner.times)
-        mem, peak = memory[runner.name]
-        ratio_t = f"{median / base_time:.3f}" if base_time else "-"
-        ratio_m = f"{mem / base_mem:.3f}" if base_mem else "-"
-        peak_s = f"{peak / 1e9:.2f}" if peak is not None else "-"
-        trainable = sum(p.numel() for p in runner.params)
+    for name, r in results.items():
+        ratio_t = f"{r['time'] / base['time']:.3f}" if base else "-"
+        ratio_m = f"{r['memory'] / base['memory']:.3f}" if base else "-"
+        peak_s = f"{r['peak'] / 1e9:.2f}" if r["peak"] is not None else "-"
         print(
-            f"{runner.name:<11}{trainable:>13,}{median:>9.2f}{ratio_t:>11}{mem / 1e9:>11.2f}{ratio_m:>11}{peak_s:>14}"
+            f"{name:<11}{r['trainable']:>13,}{r['time']:>9.2f}{ratio_t:>11}{r['memory'] / 1e9:>11.2f}{ratio_m:>11}"
+            f"{peak_s:>14}"
         )
-
-    if not args.no_generation and "token_mix" in by_name and "partial" in by_name:
-        pixels = batch["pixel_values"][:2]
-        with_mix = generation_seconds(by_name["token_mix"].model, pixels, clock)
-        without = generation_seconds(by_name["partial"].model, pixels, clock)
+    if len(generation) == 2:
+        mixed, plain = generation["token_mix"], generation["partial"]
         print(
-            f"\nbeam-3 generation, {TOKENS} tokens: {with_mix:.2f} s/video with mixing, {without:.2f} without "
-            f"(x{with_mix / without:.3f})"
+            f"\nbeam-3 generation, {TOKENS} tokens: {mixed:.2f} s/video with mixing, {plain:.2f} without "
+            f"(x{mixed / plain:.3f})"
         )
 
 

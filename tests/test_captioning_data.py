@@ -149,7 +149,13 @@ def test_temporal_fact_accuracy_and_pairs():
     refs = ["a red circle moves up", "a red circle moves down", "a red circle grows", "a red circle shrinks"]
     same = ["a blue circle moves up", "a red circle moves up", "a red circle grows", "a red circle grows"]
     scores = temporal_fact_accuracy(same, refs, order_pair_ids=[0, 0, 1, 1])
-    assert scores == {"temporal_fact_accuracy": 0.5, "temporal_pair_accuracy": 0.0}
+    assert scores == {"temporal_fact_accuracy": 0.5, "direction_accuracy": 0.5, "temporal_pair_accuracy": 0.0}
+    wrong_event = ["a red circle grows", "a red circle appears", "a red circle grows", "a red circle shrinks"]
+    scores = temporal_fact_accuracy(wrong_event, refs, order_pair_ids=[0, 0, 1, 1])
+    assert (
+        scores["direction_accuracy"] == 1.0 and scores["temporal_pair_accuracy"] == 0.5
+    )  # only the size pair
+    assert "direction_accuracy" not in temporal_fact_accuracy(same, refs)  # needs the pairs
     assert temporal_fact_accuracy(refs, refs, [0, 0, 1, 1])["temporal_pair_accuracy"] == 1.0
     with pytest.raises(ValueError, match="no temporal fact"):
         temporal_fact_accuracy(["x"], ["a red circle"])

@@ -199,3 +199,46 @@ def test_save_and_load_in_a_fresh_process(tmp_path):
     )
     assert out.strip().splitlines()[-1] == str(expected.tolist())
     assert isinstance(model, PeftModel)
+
+
+def test_the_registrys_own_partial_tunes_the_same_block():
+    from peft_video.tasks.methods import prepare_model
+
+    plain = prepare_model(tiny_model(), "partial", also_train=list(PAPER_ALSO_TRAINED))
+    vision = {n for n, p in plain.named_parameters() if p.requires_grad and "vision_model.encoder" in n}
+    assert vision and all(n.startswith(BLOCK) for n in vision)
+    assert encoder_updated_parameters(plain) == encoder_updated_parameters(
+        prepare_captioner(tiny_model(), "partial")
+    )
+
+
+def test_read_recurs_over_frames_and_sees_their_order():
+    model = prepare_captioner(tiny_model(), "read")
+    assert model.peft_config["default"].recurrence_axis == "frames"
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.requires_grad and "vision_model.encoder" in name:
+                parameter.add_(0.3 * torch.randn_like(parameter))
+    inner = model.base_model.model
+    pixels = videos()
+    difference = inner.encode_video(pixels.flip(1)) - _frames_reversed(inner.encode_video(pixels))
+    assert difference.abs().max() > 1e-3
+
+
+def test_a_plain_blip_caption_checkpoint_loads_with_its_weights(tmp_path):
+    from transformers import BlipConfig, BlipForConditionalGeneration
+
+    config = tiny_config().to_dict()
+    config.pop("model_type", None)
+    config.pop("num_frames", None)
+    torch.manual_seed(0)
+    blip = BlipForConditionalGeneration(BlipConfig(**config)).eval()
+    blip.save_pretrained(tmp_path)
+    model = VideoBlipForCaptioning.from_pretrained(tmp_path).eval()
+    for name, tensor in blip.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], tensor, msg=name)
+    image = videos()[:, 0]
+    expected = blip(pixel_values=image, input_ids=CAPTIONS, attention_mask=MASK).logits
+    torch.testing.assert_close(
+        model(pixel_values=image, input_ids=CAPTIONS, attention_mask=MASK).logits, expected
+    )

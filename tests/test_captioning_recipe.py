@@ -99,6 +99,22 @@ def test_real_format_data_and_save(tmp_path):
         metrics["selected_step"] == 4 and metrics["validation"] is None
     )  # no validation split: the last step
     assert "temporal_fact_accuracy" not in metrics  # real data: caption metrics only
+    gt = {
+        "images": [{"id": "v0"}],
+        "annotations": [{"image_id": "v0", "id": 1, "caption": "zebras sleeping quietly"}],
+    }
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    proc = run_recipe(
+        *args,
+        "--skip-bad-videos",
+        "--eval-gt",
+        str(tmp_path / "gt.json"),
+        "--output-dir",
+        str(tmp_path / "gt"),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with_gt = json.loads((tmp_path / "gt" / "seed0" / "lora" / "metrics.json").read_text())
+    assert metrics["Bleu_1"] > 1.0 and with_gt["Bleu_1"] < 1e-9  # scored against the ground truth's words
 
 
 @pytest.mark.parametrize(
@@ -120,3 +136,15 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path, args, message, capsys, m
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], lines
+
+
+def test_demo_part_returns_runs_columns_and_series(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    recipe = importlib.import_module("video_captioning")
+    part = recipe.demo(
+        seeds=[0], quick=True, quiet=True, threads=1, output_dir=tmp_path, methods=["frozen"], max_steps=2
+    )
+    assert [run["method"] for run in part["runs"]] == ["frozen"]
+    assert part["columns"] == recipe.CAPTION_COLUMNS and "CIDEr" in part["keys"]
+    assert (tmp_path / "seed0" / "frozen" / "captions.json").is_file()
+    assert "captioning" in importlib.import_module("demo").TASK_RECIPES

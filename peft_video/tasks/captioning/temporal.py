@@ -55,27 +55,47 @@ def temporal_fact(caption: str) -> tuple[str, str | None] | None:
 def temporal_fact_accuracy(
     predictions: Sequence[str], references: Sequence[str], order_pair_ids: Sequence[int] | None = None
 ) -> dict[str, float]:
-    """Fraction of predictions whose temporal fact equals their reference's (``temporal_fact_accuracy``); with
-    ``order_pair_ids`` also the fraction of order-only pairs with both videos right (``temporal_pair_accuracy``).
+    """How often generated captions state their video's temporal fact.
+
+    - ``temporal_fact_accuracy``: the fraction of predictions whose fact equals their reference's.
+    - With ``order_pair_ids`` (the two videos of an order-only pair share an id), ``direction_accuracy``: among the
+      predictions that state the fact of their own video or of its time-reversal, the fraction stating their own.
+      A captioner blind to frame order writes the same caption for both videos of a pair, so it scores exactly 50%
+      here, however well it names objects and events. And ``temporal_pair_accuracy``: the fraction of pairs with both
+      videos right (0 for such a captioner).
+
     A reference without a fact is an error (this scorer is for the synthetic world's captions)."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
     if not predictions:
         raise ValueError("`predictions` must not be empty")
-    right = []
-    for index, (prediction, reference) in enumerate(zip(predictions, references, strict=True)):
+    truths, facts = [], [temporal_fact(p) for p in predictions]
+    for index, reference in enumerate(references):
         truth = temporal_fact(reference)
         if truth is None:
             raise ValueError(
                 f"reference {index} ({reference!r}) states no temporal fact of the synthetic world"
             )
-        right.append(temporal_fact(prediction) == truth)
+        truths.append(truth)
+    right = [fact == truth for fact, truth in zip(facts, truths, strict=True)]
     scores = {"temporal_fact_accuracy": sum(right) / len(right)}
-    if order_pair_ids is not None:
-        pairs: dict[int, list[bool]] = {}
-        for pair, ok in zip(order_pair_ids, right, strict=True):
-            pairs.setdefault(int(pair), []).append(ok)
-        full = [all(oks) for oks in pairs.values() if len(oks) == 2]
-        if full:
-            scores["temporal_pair_accuracy"] = sum(full) / len(full)
+    if order_pair_ids is None:
+        return scores
+    if len(order_pair_ids) != len(predictions):
+        raise ValueError(f"{len(order_pair_ids)} order_pair_ids for {len(predictions)} predictions")
+    members: dict[int, list[int]] = {}
+    for index, pair in enumerate(order_pair_ids):
+        members.setdefault(int(pair), []).append(index)
+    own_or_reversed, full = [], []
+    for indices in members.values():
+        if len(indices) != 2:
+            continue
+        full.append(all(right[i] for i in indices))
+        for i, partner in (indices, indices[::-1]):
+            if facts[i] in (truths[i], truths[partner]):
+                own_or_reversed.append(facts[i] == truths[i])
+    if own_or_reversed:
+        scores["direction_accuracy"] = sum(own_or_reversed) / len(own_or_reversed)
+    if full:
+        scores["temporal_pair_accuracy"] = sum(full) / len(full)
     return scores
