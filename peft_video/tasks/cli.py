@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -48,6 +49,9 @@ def quiet_libraries(quiet: bool) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    # peft asks transformers whether gradient checkpointing is on through a name transformers 5 deprecates; the
+    # warning is about peft's call, not the user's code, and repeats for every LoRA run.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     if quiet:
         hf_logging.disable_progress_bar()
         datasets.disable_progress_bars()
