@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-from peft_video.tasks.cli import quiet_libraries, run_recipe
+from peft_video.tasks.cli import positive_int, quiet_libraries, run_recipe
 from peft_video.tasks.report import aggregate_seeds, markdown_table, write_results
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -60,32 +61,115 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--output-dir", type=Path, default=Path("outputs") / "demo")
     parser.add_argument("--quiet", action="store_true", help="no progress bars (for CI logs)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="tasks run side by side in this many processes, each on --threads threads (2 fills a 2-core machine; "
+        "1 runs them one after another in this process)",
+    )
     return parser
 
 
+def demo_method_names(task: str) -> tuple[str, ...]:
+    """The names of the rows a task's demo part runs (what ``--methods`` chooses from)."""
+    module = importlib.import_module(TASK_RECIPES[task])
+    if hasattr(module, "DEMO_METHODS"):
+        return tuple(module.DEMO_METHODS)
+    return tuple(label for label, _ in module.DEMO_RUNS)
+
+
+def tasks_for_methods(tasks: list[str], methods: list[str]) -> list[str]:
+    """The tasks that run at least one of ``methods``; a task that runs none is left out with a line saying so, and a
+    name no task runs is an error naming it and every task's rows."""
+    names = {task: demo_method_names(task) for task in tasks}
+    unknown = [m for m in methods if not any(m in rows for rows in names.values())]
+    if unknown:
+        rows = "; ".join(f"{task}: {', '.join(rows)}" for task, rows in names.items())
+        raise ValueError(f"`--methods` got {unknown}, which no chosen task's demo runs ({rows})")
+    kept = [task for task in tasks if any(m in names[task] for m in methods)]
+    for task in tasks:
+        if task not in kept:
+            print(f"demo: {task} left out: it runs none of --methods ({', '.join(names[task])})", flush=True)
+    return kept
+
+
+def run_task(task: str, args: argparse.Namespace) -> None:
+    """Run one task's ``demo()`` part, write its results and print its table."""
+    began = time.perf_counter()
+    part = importlib.import_module(TASK_RECIPES[task]).demo(
+        seeds=args.seeds,
+        quick=args.quick,
+        quiet=args.quiet,
+        threads=args.threads,
+        output_dir=args.output_dir / task,
+        methods=args.methods,
+        max_steps=args.max_steps,
+    )
+    rows = aggregate_seeds(part["runs"], part["keys"])
+    title = f"{part['title']}, {len(args.seeds)} seed(s), {time.perf_counter() - began:.0f} s"
+    paths = write_results(
+        rows, args.output_dir / task, part["columns"], part["series"], title, runs=part["runs"]
+    )
+    print(f"\n### {title}\n\n{markdown_table(rows, part['columns'])}")
+    print(f"results, table and plot in {paths['json'].parent}/", flush=True)
+
+
+def run_in_processes(argv: list[str], args: argparse.Namespace) -> None:
+    """Each task in a child process running this script with ``--tasks <task> --jobs 1``, ``args.jobs`` at a time,
+    longest first (the order of ``TASK_RECIPES``); a child that fails stops the demo with its task named."""
+    waiting = list(args.tasks)
+    running: dict[str, subprocess.Popen] = {}
+    failed: list[str] = []
+    while waiting or running:
+        while waiting and len(running) < args.jobs:
+            task = waiting.pop(0)
+            command = [sys.executable, str(Path(__file__).resolve()), *argv, "--tasks", task, "--jobs", "1"]
+            running[task] = subprocess.Popen(command)
+        time.sleep(0.2)
+        for task, process in list(running.items()):
+            if process.poll() is not None:
+                del running[task]
+                if process.returncode != 0:
+                    failed.append(f"{task} (exit code {process.returncode})")
+    if failed:
+        failed.sort(key=lambda line: args.tasks.index(line.split(" ", 1)[0]))
+        raise RuntimeError(f"demo part(s) failed: {', '.join(failed)}; their errors are printed above")
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    positive_int(args.jobs, "--jobs")
+    positive_int(args.threads, "--threads")
+    if args.max_steps is not None:
+        positive_int(args.max_steps, "--max-steps")
     quiet_libraries(args.quiet)
     start = time.perf_counter()
-    for task in args.tasks:
-        began = time.perf_counter()
-        part = importlib.import_module(TASK_RECIPES[task]).demo(
-            seeds=args.seeds,
-            quick=args.quick,
-            quiet=args.quiet,
-            threads=args.threads,
-            output_dir=args.output_dir / task,
-            methods=args.methods,
-            max_steps=args.max_steps,
-        )
-        rows = aggregate_seeds(part["runs"], part["keys"])
-        title = f"{part['title']}, {len(args.seeds)} seed(s), {time.perf_counter() - began:.0f} s"
-        paths = write_results(
-            rows, args.output_dir / task, part["columns"], part["series"], title, runs=part["runs"]
-        )
-        print(f"\n### {title}\n\n{markdown_table(rows, part['columns'])}")
-        print(f"results, table and plot in {paths['json'].parent}/", flush=True)
+    if args.methods is not None:
+        args.tasks = tasks_for_methods(args.tasks, args.methods)
+    if args.jobs > 1 and len(args.tasks) > 1:
+        run_in_processes(_without_tasks_and_jobs(argv), args)
+    else:
+        for task in args.tasks:
+            run_task(task, args)
     print(f"\npeft-video demo: {', '.join(args.tasks)} in {time.perf_counter() - start:.0f} s")
+
+
+def _without_tasks_and_jobs(argv: list[str]) -> list[str]:
+    """``argv`` without its ``--tasks`` and ``--jobs`` options (the children get their own)."""
+    kept: list[str] = []
+    skipping = False
+    for item in argv:
+        if item.startswith("--"):
+            name = item.split("=", 1)[0]
+            skipping = name in ("--tasks", "--jobs") and "=" not in item
+            if name in ("--tasks", "--jobs"):
+                continue
+        elif skipping:
+            continue
+        kept.append(item)
+    return kept
 
 
 if __name__ == "__main__":
