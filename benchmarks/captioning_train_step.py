@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from _measure import saved_tensor_bytes, synchronize  # benchmarks/_measure.py, beside this script
 
 from peft_video.tasks.captioning import VideoBlipCaptionConfig, VideoBlipForCaptioning
 from peft_video.tasks.captioning.training import prepare_captioner
@@ -41,21 +42,6 @@ def blip_base_config() -> VideoBlipCaptionConfig:
         vision_config={"image_size": IMAGE, "patch_size": 16, "initializer_range": 0.02},
         text_config={"num_attention_heads": 12},
     )
-
-
-def saved_tensor_bytes(step: Callable[[], torch.Tensor]) -> int:
-    """Bytes of distinct storages autograd saves for backward during ``step()``'s forward pass."""
-    storages: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        loss = step()
-    loss.backward()
-    return sum(storages.values())
 
 
 class Runner:
@@ -84,11 +70,6 @@ class Runner:
 
     def trainable_state_bytes(self) -> int:
         return sum(p.numel() * p.element_size() * 4 for p in self.params)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 @torch.no_grad()

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from _measure import saved_tensor_bytes, synchronize  # benchmarks/_measure.py, beside this script
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
@@ -105,26 +106,6 @@ def make_batch(device: torch.device) -> dict[str, torch.Tensor]:
         "labels": torch.randint(4, 50265, (BATCH, TARGET), generator=g),
     }
     return {k: v.to(device) for k, v in batch.items()}
-
-
-def saved_tensor_bytes(step: Callable[[], torch.Tensor]) -> int:
-    """Bytes of distinct storages autograd saves for backward during ``step()``'s forward pass."""
-    storages: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        loss = step()
-    loss.backward()
-    return sum(storages.values())
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 class Runner:

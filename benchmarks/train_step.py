@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import open_clip
 import torch
+from _measure import saved_tensor_bytes, synchronize  # benchmarks/_measure.py, beside this script
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
@@ -80,21 +81,6 @@ METHODS: dict[str, Callable[[nn.Module], nn.Module]] = {
 }
 
 
-def saved_tensor_bytes(step: Callable[[], torch.Tensor]) -> int:
-    """Bytes of distinct storages autograd saves for backward during ``step()``'s forward pass."""
-    storages: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        loss = step()
-    loss.backward()
-    return sum(storages.values())
-
-
 class Runner:
     """One method's model, optimiser and training step on the shared batch."""
 
@@ -134,11 +120,6 @@ class Runner:
 
     def trainable_state_bytes(self) -> int:
         return sum(p.numel() * p.element_size() * 4 for p in self.params)  # param, grad, two AdamW moments
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def main() -> None:
