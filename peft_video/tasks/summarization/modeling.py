@@ -211,7 +211,7 @@ class _VisionGuidedMixin:
             init.zeros_(module.bias)
         elif self._fan_in_fusion_init and isinstance(module, nn.Linear) and self._in_fusion(module):
             # T5 draws every Linear it does not know at std = initializer_factor (1.0), not its own layers'
-            # factor / sqrt(fan_in): the fusion's states would grow ~sqrt(d) per layer (see VisionGuidedT5)
+            # factor / sqrt(fan_in): the fusion's states would grow ~sqrt(d) per layer (VisionGuidedT5's docstring)
             factor = getattr(self.config, "initializer_factor", 1.0)
             init.normal_(module.weight, mean=0.0, std=factor * module.in_features**-0.5)
             if module.bias is not None:
@@ -382,7 +382,12 @@ class VisionGuidedBart(_VisionGuidedMixin, BartForConditionalGeneration):
 
 
 class VisionGuidedT5(_VisionGuidedMixin, T5ForConditionalGeneration):
-    """VG-T5: ``T5ForConditionalGeneration`` with the video fusion at the encoder output (module docstring)."""
+    """VG-T5: ``T5ForConditionalGeneration`` with the video fusion at the encoder output (module docstring).
+
+    T5's ``_init_weights`` draws a Linear layer it does not know (all of the fusion's) at std = initializer_factor
+    (1.0), where its own layers get factor / sqrt(fan_in); each fusion layer then multiplied its input's scale by
+    ~sqrt(d), and a few AdamW steps on the zero output layer put fused states hundreds of times the encoder's
+    output (RMS ~0.9) into the decoder. The fusion's Linear layers are therefore drawn at factor / sqrt(fan_in)."""
 
     config_class = VisionGuidedT5Config
     _fan_in_fusion_init = True
