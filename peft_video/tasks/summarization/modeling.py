@@ -205,10 +205,25 @@ class _VisionGuidedMixin:
         super().post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
-        super()._init_weights(module)
+        super()._init_weights(module)  # first, always: BART's random stream (and weights) stay what they were
         if isinstance(module, _ZeroLinear):
             init.zeros_(module.weight)
             init.zeros_(module.bias)
+        elif self._fan_in_fusion_init and isinstance(module, nn.Linear) and self._in_fusion(module):
+            # T5 draws every Linear it does not know at std = initializer_factor (1.0), not its own layers'
+            # factor / sqrt(fan_in): the fusion's states would grow ~sqrt(d) per layer (VisionGuidedT5's docstring)
+            factor = getattr(self.config, "initializer_factor", 1.0)
+            init.normal_(module.weight, mean=0.0, std=factor * module.in_features**-0.5)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+
+    _fan_in_fusion_init = False
+    """Whether the fusion's Linear layers are drawn at std factor / sqrt(fan_in) (T5) rather than by the text
+    model's own ``_init_weights`` (BART: N(0, init_std = 0.02), unchanged)."""
+
+    def _in_fusion(self, module: nn.Module) -> bool:
+        fusion = self._modules.get("fusion")
+        return fusion is not None and any(module is part for part in fusion.modules())
 
     @property
     def text_encoder(self) -> nn.Module:
@@ -367,9 +382,15 @@ class VisionGuidedBart(_VisionGuidedMixin, BartForConditionalGeneration):
 
 
 class VisionGuidedT5(_VisionGuidedMixin, T5ForConditionalGeneration):
-    """VG-T5: ``T5ForConditionalGeneration`` with the video fusion at the encoder output (module docstring)."""
+    """VG-T5: ``T5ForConditionalGeneration`` with the video fusion at the encoder output (module docstring).
+
+    T5's ``_init_weights`` draws a Linear layer it does not know (all of the fusion's) at std = initializer_factor
+    (1.0), where its own layers get factor / sqrt(fan_in); each fusion layer then multiplied its input's scale by
+    ~sqrt(d), and a few AdamW steps on the zero output layer put fused states hundreds of times the encoder's
+    output (RMS ~0.9) into the decoder. The fusion's Linear layers are therefore drawn at factor / sqrt(fan_in)."""
 
     config_class = VisionGuidedT5Config
+    _fan_in_fusion_init = True
     _text_encoder_path = "encoder"
     _embeddings = "shared"
     _backbone = ("shared", "encoder", "decoder", "lm_head")
