@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from _measure import saved_tensor_bytes, synchronize  # benchmarks/_measure.py, beside this script
+from _measure import StepRunner, saved_tensor_bytes, synchronize  # benchmarks/_measure.py, beside this script
 
 from peft_video.tasks.captioning import VideoBlipCaptionConfig, VideoBlipForCaptioning
 from peft_video.tasks.captioning.training import prepare_captioner
@@ -42,34 +42,6 @@ def blip_base_config() -> VideoBlipCaptionConfig:
         vision_config={"image_size": IMAGE, "patch_size": 16, "initializer_range": 0.02},
         text_config={"num_attention_heads": 12},
     )
-
-
-class Runner:
-    """One method's model, optimiser and training step on the shared batch."""
-
-    def __init__(self, name: str, model: torch.nn.Module, batch: dict, clock: Callable[[], float]) -> None:
-        self.name, self.model, self.batch, self.clock = name, model.train(), batch, clock
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=1e-5)
-        self.times: list[float] = []
-
-    def forward_loss(self) -> torch.Tensor:
-        return self.model(**self.batch).loss
-
-    def step(self) -> None:
-        self.forward_loss().backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-
-    def timed_step(self) -> None:
-        synchronize(self.batch["pixel_values"].device)
-        start = self.clock()
-        self.step()
-        synchronize(self.batch["pixel_values"].device)
-        self.times.append(self.clock() - start)
-
-    def trainable_state_bytes(self) -> int:
-        return sum(p.numel() * p.element_size() * 4 for p in self.params)
 
 
 @torch.no_grad()
@@ -121,7 +93,9 @@ def main() -> None:
     results: dict[str, dict] = {}
     generation: dict[str, float] = {}
     for name in args.methods:
-        runner = Runner(name, prepare_captioner(copy.deepcopy(backbone), name).to(device), batch, clock)
+        runner = StepRunner(
+            name, prepare_captioner(copy.deepcopy(backbone), name).to(device), batch, clock, lr=1e-5
+        )
         if args.warmup:
             runner.step()  # warm-up (allocator, lazy init)
         if device.type == "cuda":

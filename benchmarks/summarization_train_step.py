@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from _measure import saved_tensor_bytes, synchronize  # benchmarks/_measure.py, beside this script
+from _measure import StepRunner, saved_tensor_bytes, synchronize  # benchmarks/_measure.py, beside this script
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
@@ -108,35 +108,6 @@ def make_batch(device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items()}
 
 
-class Runner:
-    """One method's model, optimiser and training step on the shared batch."""
-
-    def __init__(self, name: str, model: nn.Module, batch: dict, clock: Callable[[], float]) -> None:
-        self.name, self.model, self.batch, self.clock = name, model, batch, clock
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=1e-4)
-        self.times: list[float] = []
-
-    def forward_loss(self) -> torch.Tensor:
-        return self.model(**self.batch).loss
-
-    def step(self) -> None:
-        self.forward_loss().backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-
-    def timed_step(self) -> None:
-        device = self.batch["input_ids"].device
-        synchronize(device)
-        start = self.clock()
-        self.step()
-        synchronize(device)
-        self.times.append(self.clock() - start)
-
-    def trainable_state_bytes(self) -> int:
-        return sum(p.numel() * p.element_size() * 4 for p in self.params)
-
-
 @torch.no_grad()
 def generation_seconds(model: nn.Module, batch: dict, clock: Callable[[], float]) -> float:
     inputs = {k: v for k, v in batch.items() if k != "labels"}
@@ -173,7 +144,9 @@ def main() -> None:
     runners = []
     for name in [] if args.skip_training else args.methods:
         torch.manual_seed(0)
-        runners.append(Runner(name, METHODS[name](copy.deepcopy(backbone)).to(device).train(), batch, clock))
+        runners.append(
+            StepRunner(name, METHODS[name](copy.deepcopy(backbone)).to(device), batch, clock, lr=1e-4)
+        )
 
     memory: dict[str, tuple[int, int | None]] = {}
     for runner in runners:
