@@ -46,11 +46,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate import PartialState
 from transformers import PrinterCallback, TrainingArguments
 
 import peft_video
 import peft_video.tasks.grounding as grounding
+from peft_video.integrations.accelerate_utils import launch_state
 from peft_video.tasks import prepare_model, trainable_parameters
 from peft_video.tasks.cli import positive_int, quiet_libraries, run_recipe
 from peft_video.tasks.features import ClipFeatureExtractor
@@ -363,6 +363,7 @@ def train_and_score(
     row: dict[str, Any] = {
         "method": run.name,
         "seed": seed,
+        "processes": launch_state().num_processes,
         "backbone": args.backbone,
         "pvla_weight": run.pvla,
         "trainable_params": trainable_parameters(model),
@@ -404,8 +405,9 @@ def train_and_score(
             trainer.remove_callback(PrinterCallback)
         output = trainer.train()
         steps = trainer.state.global_step
-        if (output_dir / "trainer").is_dir() and not any((output_dir / "trainer").iterdir()):
-            (output_dir / "trainer").rmdir()  # nothing is checkpointed: the selection keeps weights in memory
+        trainer_dir = output_dir / "trainer"
+        if launch_state().is_main_process and trainer_dir.is_dir() and not any(trainer_dir.iterdir()):
+            trainer_dir.rmdir()  # nothing is checkpointed: the selection keeps weights in memory
         row.update(
             steps=steps,
             learning_rate=lr,
@@ -417,7 +419,7 @@ def train_and_score(
             validation_score=selection.best_score,
             validation_history=selection.history,
         )
-        if args.save:
+        if args.save and launch_state().is_main_process:
             if run.method in SELECTIVE_METHODS:  # only the trainable tensors, not a copy of the backbone
                 save_trainable(model, output_dir / "model", method=run.method)
             else:
@@ -430,7 +432,7 @@ def train_and_score(
     start = time.perf_counter()
     predictions, scores = grounding.evaluate_grounding(model, test, scorer=scorer_of(args))
     row.update(scores, eval_seconds=time.perf_counter() - start)
-    if PartialState().is_main_process:  # under a multi-process launch, one process writes
+    if launch_state().is_main_process:  # under a multi-process launch, one process writes
         output_dir.mkdir(parents=True, exist_ok=True)
         write_submission(predictions, output_dir / "predictions.jsonl")
         (output_dir / "metrics.json").write_text(json.dumps(row, indent=2, default=float) + "\n")
@@ -456,6 +458,7 @@ def average_over_domains(runs: list[dict[str, Any]], keys: list[str]) -> list[di
 def run_all(args: argparse.Namespace) -> dict[str, Any]:
     """Every seed x domain x method; returns the single runs and the keys to aggregate."""
     check_args(args)
+    launch_state()  # a multi-process launch that fell back to single processes fails here
     quiet_libraries(args.quiet)
     torch.set_num_threads(args.threads)
     methods = parse_methods(args.method, args.pvla)
@@ -472,6 +475,8 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
                     row.update(wall_seconds=time.perf_counter() - began)
                 row.update(domain=domain)
                 runs.append(row)
+                if not launch_state().is_main_process:
+                    continue
                 shown = "  ".join(
                     f"{title} {row[key]:5.1f}" for key, title in PRINTED if row.get(key) is not None
                 )
@@ -569,7 +574,7 @@ def demo(
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = build_parser().parse_args(argv)
     result = run_all(args)
-    if PartialState().is_main_process:
+    if launch_state().is_main_process:
         write_tables(result["runs"], result["keys"], args.output_dir, "temporal grounding")
         print(f"results in {args.output_dir}/")
     return result["runs"]

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
+from peft_video.integrations.accelerate_utils import launch_state
 from peft_video.tasks.captioning.assets import Captioner, load_captioner
 from peft_video.tasks.captioning.data import (
     CaptionCollator,
@@ -267,9 +268,12 @@ def run_one(args: argparse.Namespace, method: str, seed: int, splits: dict[str, 
     model = prepare_captioner(captioner.model, method, blocks=args.blocks)
     output_dir = args.output_dir / f"seed{seed}" / method
     generation = {"num_beams": args.num_beams, "max_length": args.max_length, "min_length": args.min_length}
+    processes = launch_state().num_processes
     row: dict[str, Any] = {
         "method": method,
         "seed": seed,
+        "processes": processes,
+        "global_batch": args.batch_size * processes,
         "backbone": captioner.name,
         "blocks": args.blocks,
         "trainable_params": trainable_parameters(model),
@@ -335,23 +339,24 @@ def run_one(args: argparse.Namespace, method: str, seed: int, splits: dict[str, 
             selected_step=selection.best_step if selection else steps,
             validation=selection.history if selection else None,
         )
-        if args.save:
+        if args.save and launch_state().is_main_process:
             model.save_pretrained(str(output_dir / "model"))
     began = time.perf_counter()
+    videos = splits["test"]
+    predictions = generate_captions(
+        model, videos, collator, 2 * args.batch_size, not args.quiet, **generation
+    )
+    if not launch_state().is_main_process:  # every process trained the same replica; one scores and writes
+        return row
     output_dir.mkdir(parents=True, exist_ok=True)
+    write_coco_results(output_dir / "captions.json", videos.video_ids, predictions)
     if args.eval_gt:  # the captions as written, scored against the COCO ground truth
-        videos = splits["test"]
-        predictions = generate_captions(
-            model, videos, collator, 2 * args.batch_size, not args.quiet, **generation
-        )
-        write_coco_results(output_dir / "captions.json", videos.video_ids, predictions)
         scores = score_coco_files(
             output_dir / "captions.json", args.eval_gt, meteor=args.meteor, percent=True
         )
     else:
-        predictions, scores = caption_split("test", meteor=args.meteor)
-        write_coco_results(output_dir / "captions.json", splits["test"].video_ids, predictions)
-    row.update(scores, eval_seconds=time.perf_counter() - began, eval_videos=len(splits["test"]))
+        scores = score_captions(predictions, videos.references, splits["test_pairs"], meteor=args.meteor)
+    row.update(scores, eval_seconds=time.perf_counter() - began, eval_videos=len(videos))
     (output_dir / "metrics.json").write_text(json.dumps(row, indent=2, default=float) + "\n")
     return row
 
@@ -359,6 +364,7 @@ def run_one(args: argparse.Namespace, method: str, seed: int, splits: dict[str, 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every method of ``--method`` for every seed of ``--seeds``; returns the run rows."""
     check_args(args)
+    launch_state()  # a multi-process launch that fell back to single processes fails here
     quiet_libraries(args.quiet)
     torch.set_num_threads(args.threads)
     image_size = load_captioner(args.backbone).image_size  # fail on a bad backbone before decoding videos
@@ -370,6 +376,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             row = run_one(args, method, seed, splits)
             row["wall_seconds"] = time.perf_counter() - began
             runs.append(row)
+            if "CIDEr" not in row:  # not the main process of a multi-process launch
+                continue
             fact = row.get("temporal_fact_accuracy")
             print(
                 f"captioning {method:9s} seed {seed}: CIDEr {row['CIDEr']:6.1f}  B4 {row['Bleu_4']:5.1f}"
@@ -441,9 +449,10 @@ def demo(
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = build_parser().parse_args(argv)
     runs = run(args)
-    paths = report(runs, args.output_dir, f"video captioning on {runs[0]['backbone']}")
-    print(paths["markdown"].read_text())
-    print(f"results in {args.output_dir}/")
+    if launch_state().is_main_process:
+        paths = report(runs, args.output_dir, f"video captioning on {runs[0]['backbone']}")
+        print(paths["markdown"].read_text())
+        print(f"results in {args.output_dir}/")
     return runs
 
 

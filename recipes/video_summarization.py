@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from transformers import PrinterCallback
 
+from peft_video.integrations.accelerate_utils import launch_state
 from peft_video.tasks import METHODS, prepare_model, trainable_parameters
 from peft_video.tasks.cli import positive_int, quiet_libraries, run_recipe
 from peft_video.tasks.methods import DEFAULT_LEARNING_RATES, SELECTIVE_METHODS, save_trainable
@@ -234,7 +235,12 @@ def feature_width(args: argparse.Namespace) -> int:
 def run_seed(args: argparse.Namespace, seed: int, output_dir: Path) -> dict[str, Any]:
     """Train one model with ``seed``, summarize the eval split, return the result row."""
     from peft_video.tasks.summarization import load_summarizer
-    from peft_video.tasks.summarization.training import decode, make_trainer, summary_metrics
+    from peft_video.tasks.summarization.training import (
+        dataset_rows,
+        decode,
+        make_trainer,
+        summary_metrics,
+    )
 
     torch.manual_seed(seed)
     width = feature_width(args)
@@ -248,6 +254,8 @@ def run_seed(args: argparse.Namespace, seed: int, output_dir: Path) -> dict[str,
     row: dict[str, Any] = {
         "method": name,
         "seed": seed,
+        "processes": launch_state().num_processes,
+        "global_batch": args.batch_size * launch_state().num_processes,
         "backbone": str(args.backbone),
         "trainable_params": trainable_parameters(prepared),
         "steps": 0,
@@ -283,8 +291,11 @@ def run_seed(args: argparse.Namespace, seed: int, output_dir: Path) -> dict[str,
         )
     trainer.compute_metrics = None  # the eval split is scored below, with its own references
     start = time.perf_counter()
-    predictions = decode(tokenizer, trainer.predict(data.eval).predictions)
+    generated = dataset_rows(trainer.predict(data.eval).predictions, len(data.eval))  # from every process
+    predictions = decode(tokenizer, generated)
     row["eval_seconds"] = time.perf_counter() - start
+    if not launch_state().is_main_process:  # every process holds the same replica; one scores and writes
+        return row
     summaries = output_dir / f"seed{seed}" / "summaries.jsonl"
     summaries.parent.mkdir(parents=True, exist_ok=True)
     with summaries.open("w") as handle:
@@ -312,6 +323,7 @@ def _name(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every seed's result row."""
     check_args(args)
+    launch_state()  # a multi-process launch that fell back to single processes fails here
     quiet_libraries(args.quiet)
     torch.set_num_threads(args.threads)
     output_dir = args.output_dir or Path("outputs") / "summarization" / _name(args).replace(" ", "_")
@@ -383,6 +395,8 @@ def demo(
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = build_parser().parse_args(argv)
     rows = run(args)
+    if not launch_state().is_main_process:
+        return rows
     output_dir = args.output_dir or Path("outputs") / "summarization" / _name(args).replace(" ", "_")
     keys = [key for key in METRIC_KEYS if all(key in row for row in rows)]
     summary = aggregate_seeds(rows, keys)

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 
 from .card_info import set_card_info, unwrap_peft_model
 
 
-def check_launch(accelerator: Accelerator) -> None:
+def check_launch(accelerator: Accelerator | PartialState) -> None:
     """Fail early if a multi-process launch became independent single-process runs.
 
     On a machine without GPUs, ``accelerate launch --multi_gpu --num_processes N`` starts N processes, but each only
@@ -29,6 +29,18 @@ def check_launch(accelerator: Accelerator) -> None:
             f"num_processes={accelerator.num_processes}: each would train alone. On a machine without GPUs create the "
             "Accelerator with cpu=True (the recipes' --cpu flag) to train data parallel over gloo."
         )
+
+
+def launch_state() -> PartialState:
+    """The processes of this launch, as the ``transformers.Trainer`` recipes see them (checked with :func:`check_launch`).
+
+    The Trainer recipes train with ``use_cpu`` on machines without a GPU; the state is created the same way here, so
+    ``accelerate launch --multi_gpu --num_processes N`` on such a machine is one gloo group of N processes (data
+    parallel), and ``is_main_process`` tells the one process that writes results.
+    """
+    state = PartialState(cpu=not torch.cuda.is_available())
+    check_launch(state)
+    return state
 
 
 def adapter_vector(model: Any) -> torch.Tensor:

@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_PVLA_WEIGHT",
     "FUSION_LEARNING_RATE",
     "GENERATION",
+    "dataset_rows",
     "decode",
     "make_trainer",
     "summary_metrics",
@@ -49,6 +50,19 @@ def decode(tokenizer: Any, ids: np.ndarray | Sequence[Sequence[int]]) -> list[st
     array = np.asarray(ids)
     array = np.where(array < 0, tokenizer.pad_token_id, array)
     return [" ".join(text.split()) for text in tokenizer.batch_decode(array, skip_special_tokens=True)]
+
+
+def dataset_rows(predictions: np.ndarray, count: int) -> np.ndarray:
+    """The ``count`` rows of a ``Seq2SeqTrainer`` prediction array that belong to its dataset, in order.
+
+    Under a multi-process launch ``Seq2SeqTrainer`` gathers generated ids with ``gather`` (it means not to drop
+    samples), so the array also holds the samples Accelerate repeated to give every process a full last batch. Those
+    come after the dataset's own rows (the last real batch is the last one dealt), so the first ``count`` rows are the
+    dataset's. One process: the array is exactly ``count`` rows.
+    """
+    if len(predictions) < count:
+        raise ValueError(f"{len(predictions)} generated rows for a dataset of {count}")
+    return predictions[:count]
 
 
 def summary_metrics(
@@ -84,7 +98,8 @@ def _compute_metrics(
     tokenizer: Any, references: Sequence[str], examples: Sequence[SyntheticExample] | None
 ) -> Callable[[Any], dict[str, float]]:
     def compute(prediction: Any) -> dict[str, float]:
-        return summary_metrics(decode(tokenizer, prediction.predictions), references, examples)
+        ids = dataset_rows(prediction.predictions, len(references))
+        return summary_metrics(decode(tokenizer, ids), references, examples)
 
     return compute
 
