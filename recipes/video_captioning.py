@@ -284,13 +284,12 @@ def run_one(args: argparse.Namespace, method: str, seed: int, splits: dict[str, 
         "selected_step": None,
     }
 
-    def caption_split(name: str, meteor: bool) -> tuple[list[str], dict[str, float]]:
-        videos = splits[name]
+    def score_validation() -> dict[str, float]:
+        videos = splits["val"]
         predictions = generate_captions(
             model, videos, collator, batch_size=2 * args.batch_size, progress=not args.quiet, **generation
         )
-        scores = score_captions(predictions, videos.references, splits[f"{name}_pairs"], meteor=meteor)
-        return predictions, scores
+        return score_captions(predictions, videos.references, splits["val_pairs"], meteor=False)
 
     if row["trainable_params"] > 0:
         lr = args.lr if args.lr is not None else DEFAULT_LEARNING_RATES[method]
@@ -313,9 +312,7 @@ def run_one(args: argparse.Namespace, method: str, seed: int, splits: dict[str, 
         callbacks = []
         selection = None
         if splits["val"] is not None:
-            selection = ValidationSelection(
-                model, lambda: caption_split("val", meteor=False)[1], args.eval_every
-            )
+            selection = ValidationSelection(model, score_validation, args.eval_every)
             callbacks.append(selection)
         trainer = Trainer(
             model=model,
@@ -376,7 +373,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             row = run_one(args, method, seed, splits)
             row["wall_seconds"] = time.perf_counter() - began
             runs.append(row)
-            if "CIDEr" not in row:  # not the main process of a multi-process launch
+            if not launch_state().is_main_process:  # its row has no scores: the main process scored
                 continue
             fact = row.get("temporal_fact_accuracy")
             print(

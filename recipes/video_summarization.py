@@ -251,11 +251,12 @@ def run_seed(args: argparse.Namespace, seed: int, output_dir: Path) -> dict[str,
     pvla_source = model.pvla_source() if args.pvla else None
     prepared = prepare_model(model, args.method)
     name = _name(args)
+    processes = launch_state().num_processes
     row: dict[str, Any] = {
         "method": name,
         "seed": seed,
-        "processes": launch_state().num_processes,
-        "global_batch": args.batch_size * launch_state().num_processes,
+        "processes": processes,
+        "global_batch": args.batch_size * processes,
         "backbone": str(args.backbone),
         "trainable_params": trainable_parameters(prepared),
         "steps": 0,

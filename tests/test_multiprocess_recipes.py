@@ -80,7 +80,7 @@ def launch(task: str, output_dir: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
 
 
-def run_files(task: str, output_dir: Path) -> tuple[dict, Path, int]:
+def run_files(task: str, output_dir: Path) -> tuple[dict, Path, int | None]:
     """The run's metrics, its predictions file and how many predictions the eval split must have."""
     if task == "captioning":
         run = output_dir / "seed0" / "lora"
